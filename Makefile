@@ -1,0 +1,41 @@
+# klsc: two commands for a new user.
+#   make figures  -> set up the environment, run every notebook on profile=default, write figures/
+#   make test     -> set up the environment, run pytest (unit tests + every notebook on profile=smoke)
+# An active virtual environment ($VIRTUAL_ENV) is used as is; otherwise .venv/ is created.
+SHELL := /bin/bash
+ENV_DIR ?= $(if $(VIRTUAL_ENV),$(VIRTUAL_ENV),.venv)
+PYTHON := $(ENV_DIR)/bin/python
+BOOTSTRAP_PYTHON ?= $(shell command -v python3.11 || command -v python3)
+STAMP := $(ENV_DIR)/.klsc-installed
+PROFILE ?= default
+# Offline by design: no hub downloads at run time (see README, "Paper scale").
+export HF_HUB_OFFLINE := 1
+export PYTHONUNBUFFERED := 1
+
+.PHONY: setup figures test bench sync clean-figures
+
+setup: $(STAMP)
+
+$(PYTHON):
+	$(BOOTSTRAP_PYTHON) -m venv $(ENV_DIR)
+
+$(STAMP): pyproject.toml | $(PYTHON)
+	$(PYTHON) -m pip install --quiet --upgrade pip
+	$(PYTHON) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
+	$(PYTHON) -m pip install --quiet -e ".[notebooks,dev]"
+	$(PYTHON) -m ipykernel install --sys-prefix --name klsc --display-name "Python (klsc)" >/dev/null
+	touch $@
+
+figures: $(STAMP)
+	$(PYTHON) -m klsc_lib.notebook_runner --profile $(PROFILE) --out figures
+
+test: $(STAMP)
+	$(PYTHON) -m pytest; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
+
+bench: $(STAMP)
+	$(PYTHON) -m benchmarks
+
+# Re-pair notebooks after editing the jupytext .py sources (the .py files are the source of truth).
+sync: $(STAMP)
+	$(ENV_DIR)/bin/jupytext --sync notebooks/*.py

@@ -1,0 +1,6 @@
+"""Diffusion priors and samplers shared by the toy (GMM) and image notebooks.
+
+Every denoiser is an epsilon-predictor ``model(x_t, t_B) -> eps`` on integer DDPM
+timesteps (paper App G, I.3; RM §10). The oracle GMM score and a trained UNet
+plug into the same samplers.
+"""

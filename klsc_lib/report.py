@@ -1,0 +1,163 @@
+"""Per-notebook results: figures, ``metrics.json`` and the claims ledger.
+
+Every notebook makes one :class:`Report`, records metrics (ours beside the paper's
+value where the paper gives one) and claims, saves its figures through it and ends
+with :meth:`Report.write`. :func:`write_claims_table` then gathers every notebook's
+claims into ``figures/CLAIMS.md``.
+
+A claim is ``{"id", "paper_ref", "statement", "ours", "paper", "holds"}``. A claim
+that does not hold is written as such: the ledger never drops or retunes it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import time
+from dataclasses import asdict, dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from klsc_lib.runtime import atomic_path, atomic_write_text
+
+_VERSIONED = ("torch", "torchvision", "numpy", "scipy", "matplotlib", "timm", "diffusers", "klsc_lib")
+
+
+@dataclass(frozen=True)
+class Claim:
+    id: str
+    paper_ref: str
+    statement: str
+    ours: Any
+    paper: Any
+    holds: bool
+
+
+def to_jsonable(value: Any) -> Any:
+    """Convert numpy / torch scalars and arrays, tuples and non-finite floats to JSON."""
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu().numpy()
+    if isinstance(value, np.ndarray):
+        return to_jsonable(value.tolist())
+    if isinstance(value, (np.floating, np.integer, np.bool_)):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # "inf", "-inf", "nan": JSON has no literal for them
+    if isinstance(value, dict):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def package_versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in _VERSIONED:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+class Report:
+    """Collects one notebook's outputs under ``out_dir`` (``figures/NN_name``)."""
+
+    def __init__(self, notebook: str, out_dir: str | Path, profile: str, seed: int, device: str = "cpu"):
+        self.notebook = notebook
+        self.out_dir = Path(out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.profile = profile
+        self.seed = seed
+        self.device = str(device)
+        self.metrics: dict[str, Any] = {}
+        self.claims: list[Claim] = []
+        self.figures: list[str] = []
+        self._start = time.perf_counter()
+
+    def metric(self, name: str, ours: Any, paper: Any = None, note: str | None = None) -> None:
+        """Record a number (or table); ``paper`` is the paper's value where it gives one."""
+        entry: dict[str, Any] = {"ours": ours}
+        if paper is not None:
+            entry["paper"] = paper
+        if note:
+            entry["note"] = note
+        self.metrics[name] = entry
+
+    def claim(self, id: str, paper_ref: str, statement: str, ours: Any, paper: Any, holds: bool) -> Claim:
+        if any(c.id == id for c in self.claims):
+            raise ValueError(f"claim id {id!r} recorded twice in {self.notebook}")
+        c = Claim(id, paper_ref, statement, to_jsonable(ours), to_jsonable(paper), bool(holds))
+        self.claims.append(c)
+        return c
+
+    def savefig(self, fig, name: str, dpi: int = 120) -> Path:
+        """Save a matplotlib figure as ``out_dir/name.png`` (atomically)."""
+        path = self.out_dir / f"{name}.png"
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format="png")
+        self.figures.append(path.name)
+        return path
+
+    def as_dict(self) -> dict[str, Any]:
+        return to_jsonable({
+            "notebook": self.notebook,
+            "profile": self.profile,
+            "seed": self.seed,
+            "device": self.device,
+            "versions": package_versions(),
+            "wall_time_s": round(time.perf_counter() - self._start, 2),
+            "figures": self.figures,
+            "metrics": self.metrics,
+            "claims": [asdict(c) for c in self.claims],
+        })
+
+    def write(self) -> Path:
+        path = self.out_dir / "metrics.json"
+        atomic_write_text(path, json.dumps(self.as_dict(), indent=2) + "\n")
+        return path
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_fmt(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {_fmt(v)}" for k, v in value.items()) + "}"
+    return "" if value is None else str(value)
+
+
+def write_claims_table(figures_root: str | Path) -> Path:
+    """Gather the claims of every ``figures_root/*/metrics.json`` into ``CLAIMS.md``."""
+    root = Path(figures_root)
+    rows, n_hold, n_all = [], 0, 0
+    for metrics_path in sorted(root.glob("*/metrics.json")):
+        data = json.loads(metrics_path.read_text())
+        for c in data.get("claims", []):
+            n_all += 1
+            n_hold += bool(c["holds"])
+            cells = [data["notebook"], data["profile"], c["id"], c["paper_ref"], c["statement"],
+                     _fmt(c["ours"]), _fmt(c["paper"]), "yes" if c["holds"] else "**no**"]
+            rows.append("| " + " | ".join(s.replace("|", "\\|").replace("\n", " ") for s in cells) + " |")
+    lines = [
+        "# Claims ledger",
+        "",
+        f"Generated by `make figures` from `figures/*/metrics.json`: {n_hold} of {n_all} claims hold.",
+        "A claim that does not hold is listed as such; nothing is retuned to make it pass.",
+        "",
+        "| notebook | profile | id | paper | claim | ours | paper's value | holds |",
+        "|---|---|---|---|---|---|---|---|",
+        *rows,
+        "",
+    ]
+    path = root / "CLAIMS.md"
+    atomic_write_text(path, "\n".join(lines))
+    return path

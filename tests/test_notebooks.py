@@ -1,0 +1,25 @@
+"""Every notebook runs headlessly with papermill on profile=smoke and writes its
+metrics.json with claims and at least one PNG."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from klsc_lib.notebook_runner import notebook_names, run_notebook
+from klsc_lib.report import write_claims_table
+
+
+@pytest.mark.notebook
+@pytest.mark.parametrize("name", notebook_names())
+def test_notebook_runs_on_smoke(name, tmp_path):
+    out_dir = run_notebook(name, "smoke", tmp_path, seed=0, device="cpu")
+    metrics = json.loads((out_dir / "metrics.json").read_text())
+    assert metrics["profile"] == "smoke"
+    assert metrics["notebook"] == name
+    assert metrics["claims"], "every notebook records the paper claims it tests"
+    pngs = sorted(out_dir.glob("*.png"))
+    assert pngs and set(metrics["figures"]) == {p.name for p in pngs}
+    table = write_claims_table(tmp_path).read_text()
+    assert all(c["id"] in table for c in metrics["claims"])
