@@ -10,3 +10,16 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("MPLBACKEND", "Agg")
 os.environ["TORCH_HOME"] = tempfile.mkdtemp(prefix="klsc-torch-home-")
 os.environ.setdefault("KLSC_CACHE", tempfile.mkdtemp(prefix="klsc-cache-"))
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+
+@pytest.fixture
+def one_thread():
+    """Run a test on one intra-op thread: the toy's 2-D tensors are tiny, and on a
+    loaded 2-core machine extra threads cost more than they gain."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
