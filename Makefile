@@ -12,7 +12,7 @@ PROFILE ?= default
 export HF_HUB_OFFLINE := 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup figures test bench sync clean-figures
+.PHONY: setup figures test bench sync clean-figures miniworld
 
 setup: $(STAMP)
 
@@ -35,6 +35,10 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PYTHON) -m benchmarks
+
+# Build the default mini-world (backbone + priors, ~15 CPU minutes) into $KLSC_CACHE, or load it if cached.
+miniworld: $(STAMP)
+	$(PYTHON) -m klsc_lib.miniworld --profile default
 
 # Re-pair notebooks after editing the jupytext .py sources (the .py files are the source of truth).
 sync: $(STAMP)

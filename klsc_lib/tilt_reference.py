@@ -16,6 +16,7 @@ import math
 import torch
 
 from klsc_lib.calibration import bisect_increasing
+from klsc_lib.divergences import kl_weights
 
 
 def tilt_log_weights(energy_N: torch.Tensor) -> torch.Tensor:
@@ -42,8 +43,7 @@ def kl_to_prior(energy_N: torch.Tensor) -> float:
 
 def kl_between_tilts(energy_a_N: torch.Tensor, energy_b_N: torch.Tensor) -> float:
     """KL(q_a||q_b) for two tilts of the same prior, sum_i w_a,i log(w_a,i / w_b,i)."""
-    log_wa, log_wb = tilt_log_weights(energy_a_N), tilt_log_weights(energy_b_N)
-    return float((log_wa.exp() * (log_wa - log_wb)).sum())
+    return float(kl_weights(tilt_log_weights(energy_a_N), tilt_log_weights(energy_b_N)))
 
 
 def effective_sample_size(energy_N: torch.Tensor) -> float:
