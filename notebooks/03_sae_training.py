@@ -148,12 +148,14 @@ report.metric("expansion", cfg.expansion, paper=16)
 report.metric("d_sae", cfg.expansion * d_in, paper=12288)
 report.metric("lr", cfg.lr, paper=1e-4)
 report.metric("train_images_seen", cfg.steps * cfg.batch_size, paper=2_000_000)
-report.metric("train_seconds", round(train_s, 1))
+report.metric("train_seconds", round(train_s, 1), note="this run; ~0 when the trained checkpoint came from the cache")
 report.metric("explained_variance", final.explained_variance, paper="trained to an EV target (value stripped)",
               note="held-out images, float64, global per-channel mean")
 report.metric("fvu", final.fvu)
 report.metric("l0", final.l0, paper=64)
 report.metric("dead_frac", final.dead_frac, note="never fires on the held-out images")
+report.metric("dead_frac_train_window", history.dead_frac[-1],
+              note=f"fired in none of the last {cfg.dead_window} training steps (the trainer's running measure)")
 report.claim("ev_target", "App J.1", f"the transcoder reaches explained variance >= {cfg.ev_target} "
              "(target not in the paper; RM §13 J.1 default)", final.explained_variance, cfg.ev_target,
              final.explained_variance >= cfg.ev_target)
@@ -196,7 +198,10 @@ with torch.no_grad():
     feature_index = index_maps(batches("in_BCHW"), lambda x: transcoder.encode(x.to(dev)).cpu(), d_sae, k_index)
     neuron_index = index_maps(batches("out_BCHW"), lambda x: x, d_out, k_index)
 
-alive = np.nonzero(feature_index.scores_UK[:, 0].numpy() > 0)[0]  # features that fire on held-out images
+# Features whose whole top-k is made of images where they fire: a feature that fires on
+# fewer held-out images has no top-k to show a rater (its list would be padded with
+# zero-activation ties, in arbitrary order).
+alive = np.nonzero(feature_index.scores_UK[:, k_index - 1].numpy() > 0)[0]
 probe = int(alive[torch.randint(len(alive), (1,), generator=torch.Generator().manual_seed(seed))])
 t0 = time.perf_counter()
 hits = feature_index.lookup(probe)
@@ -234,7 +239,8 @@ except KeyError as err:
 # = a clear single concept: 28 % vs 74 %). The mini-world knows every image's factors,
 # so the rater becomes a measurement: a unit's score is the chance-corrected purity of
 # its best factor among its top images (1 = all top images share one value), success
-# when above 0.5. Features are drawn among those that fire on the held-out images.
+# when above 0.5. Features are drawn among those that fire on at least top-k held-out
+# images (a rater is shown k images).
 
 # %%
 factors = dataset_factors(world.test, world.factor_names, n=len(eval_cache))
@@ -273,7 +279,7 @@ report.metric("monosemantic_mean_features", mono_f.mean_score, paper="2.90 (rate
 report.metric("monosemantic_mean_neurons", mono_n.mean_score, paper="2.24 (rater score, 1-4)")
 report.metric("normalised_info_features", mono_f.mean_best_info)
 report.metric("normalised_info_neurons", mono_n.mean_best_info)
-report.metric("alive_features", len(alive), note=f"of {d_sae}; units sampled: {len(features)} features, "
+report.metric("features_with_full_topk", len(alive), note=f"of {d_sae}, firing on >= {k_index} held-out images; units sampled: {len(features)} features, "
               f"{len(neurons)} neurons")
 report.claim("features_beat_neurons", "App L.1, Table 7", "transcoder features are more monosemantic than "
              "neurons (success rate against ground-truth factors)",
