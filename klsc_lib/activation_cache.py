@@ -14,7 +14,8 @@ leaves only whole shards; :func:`build_activation_cache` on the same folder and
 config resumes at the first missing shard and yields byte-identical files. A folder
 whose manifest was written for another config raises :class:`CacheMismatchError`.
 Reading goes through ``np.load(mmap_mode="r")``: memory stays at one batch
-whatever the dataset size.
+whatever the dataset size. The normative description of the format is
+``klsc_lib/activation_cache_protocol.md``.
 """
 
 from __future__ import annotations
