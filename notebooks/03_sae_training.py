@@ -42,6 +42,7 @@ import numpy as np
 import torch
 
 from klsc_lib.activation_cache import cached_activations
+from klsc_lib.feature_viz import FeatureBrowser, FeatureGallery
 from klsc_lib.interfaces import HookedBackbone
 from klsc_lib.monosemanticity import dataset_factors, monosemanticity
 from klsc_lib.profiles import get_profile
@@ -293,29 +294,23 @@ report.claim("features_beat_neurons", "App L.1, Table 7", "transcoder features a
 
 # %%
 show = features[np.argsort(-mono_f.score_U)][:: max(1, len(features) // cfg.grid_features)][:cfg.grid_features]
-fig, axes = plt.subplots(2 * len(show), cfg.grid_k, figsize=(1.5 * cfg.grid_k, 3.2 * len(show)), squeeze=False)
-for r, f in enumerate(show):
-    ids = feature_index.top_ids(int(f))[:cfg.grid_k]
-    with torch.no_grad():
-        maps = transcoder.encode(eval_cache.get(ids).in_BCHW.to(dev))[:, f].cpu()
-    j = int(np.nonzero(features == f)[0][0])
-    name = world.factor_names[mono_f.best_factor_U[j]]
-    for c, (i, m) in enumerate(zip(ids, maps)):
-        img = (world.test[i][0].permute(1, 2, 0).numpy() + 1) / 2
-        axes[2 * r, c].imshow(img.clip(0, 1), interpolation="nearest")
-        axes[2 * r + 1, c].imshow(img.clip(0, 1).mean(-1), cmap="gray", interpolation="nearest")
-        axes[2 * r + 1, c].imshow(m.numpy(), cmap="inferno", alpha=0.6, interpolation="bilinear",
-                                  vmin=0, vmax=max(float(maps.max()), 1e-6),
-                                  extent=(-0.5, img.shape[1] - 0.5, img.shape[0] - 0.5, -0.5))
-        axes[2 * r, c].set_title(f"#{i}", fontsize=8)
-    axes[2 * r, 0].set_ylabel(f"feature {f}\n{name} {mono_f.score_U[j]:.2f}", fontsize=9)
-    axes[2 * r + 1, 0].set_ylabel("activation", fontsize=9)
-for ax in axes.flat:
-    ax.set_xticks([])
-    ax.set_yticks([])
-fig.suptitle("Dataset search by index lookup: top images per feature (label: best factor, purity)")
+gallery = FeatureGallery(
+    feature_index, image=lambda i: world.test[i][0],
+    activation_maps=lambda ids, f: transcoder.encode(eval_cache.get(ids).in_BCHW.to(dev))[:, f])
+labels = {int(f): f"{world.factor_names[mono_f.best_factor_U[j]]} {mono_f.score_U[j]:.2f}"
+          for j, f in enumerate(features)}
+fig = gallery.plot(show, cfg.grid_k, labels,
+                   title="Dataset search by index lookup: top images per feature (label: best factor, purity)")
 report.savefig(fig, "topk_features")
 plt.show()
+
+# %% [markdown]
+# ### Browse any feature
+# Type a feature id (or step with the arrows): its top held-out images and activation
+# maps come straight from the index. In a headless run this cell only prints the widget.
+
+# %%
+FeatureBrowser(gallery, k=cfg.grid_k, initial=int(show[0]))
 
 # %% [markdown]
 # ## Layer ablation (App L.2.1, Table 8)
