@@ -7,12 +7,19 @@ The jupytext ``notebooks/NN_name.py`` file is the source of truth: it is read
 (not the paired ``.ipynb``), so an edit to the ``.py`` is always what runs. The
 executed copy lands in ``OUT/NN_name/NN_name.ipynb`` beside that notebook's PNGs
 and ``metrics.json``.
+
+A notebook runs into a temporary folder that replaces ``OUT/NN_name`` only when
+it finished: a failed run leaves the previous results untouched (no mix of old and
+new files) and keeps its executed copy, traceback included, as
+``OUT/NN_name.failed.ipynb``.
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
@@ -24,27 +31,41 @@ def notebook_names() -> list[str]:
 
 
 def run_notebook(name: str, profile: str, out_root: str | Path, seed: int = 0, device: str = "auto",
-                 log_output: bool = False) -> Path:
+                 log_output: bool = False, notebook_dir: Path = NOTEBOOK_DIR) -> Path:
     """Execute one notebook with papermill; return the folder it wrote."""
     import jupytext
     import papermill
 
-    src = NOTEBOOK_DIR / f"{name}.py"
+    src = Path(notebook_dir) / f"{name}.py"
     if not src.exists():
         raise FileNotFoundError(f"no notebook {src}; available: {notebook_names()}")
-    out_dir = Path(out_root).resolve() / name
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_root = Path(out_root).resolve()
+    out_root.mkdir(parents=True, exist_ok=True)
+    out_dir = out_root / name
+    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=out_root))
+    failed = out_root / f"{name}.failed.ipynb"
     nb = jupytext.read(src)
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    papermill.execute_notebook(
-        nb,
-        str(out_dir / f"{name}.ipynb"),
-        parameters={"profile": profile, "seed": seed, "device": device, "out_dir": str(out_dir)},
-        kernel_name="python3",  # the interpreter running this module (the project's environment)
-        cwd=str(NOTEBOOK_DIR),
-        progress_bar=False,
-        log_output=log_output,
-    )
+    try:
+        papermill.execute_notebook(
+            nb,
+            str(tmp_dir / f"{name}.ipynb"),
+            # out_dir is where the notebook's files will live once the run succeeded
+            parameters={"profile": profile, "seed": seed, "device": device, "out_dir": str(tmp_dir)},
+            kernel_name="python3",  # the interpreter running this module (the project's environment)
+            cwd=str(Path(notebook_dir)),
+            progress_bar=False,
+            log_output=log_output,
+        )
+    except BaseException:
+        if (tmp_dir / f"{name}.ipynb").exists():
+            shutil.move(tmp_dir / f"{name}.ipynb", failed)
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        raise
+    failed.unlink(missing_ok=True)
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    tmp_dir.rename(out_dir)
     return out_dir
 
 
