@@ -33,8 +33,13 @@ def _worker(rank: int, world_size: int, init_file: str, out: str) -> None:
         history = train_transcoder(model, lambda s: _global_batches(s, rank, world_size), TRAIN, progress=False)
         if rank == 0:
             torch.save({"state": model.state_dict(), "fvu": history.fvu, "l0": history.l0}, out)
+        dist.barrier()  # tear down together
     finally:
         dist.destroy_process_group()
+    # torch 2.14's gloo can abort ("terminate called without an active exception") in
+    # its static destructors at interpreter exit, after everything above succeeded
+    # (seen in ~1 of 15 runs here); skip them, the results are already on disk.
+    os._exit(0)
 
 
 @pytest.mark.slow
@@ -43,6 +48,7 @@ def test_ddp_two_gloo_processes_match_single_process(tmp_path):
     history = train_transcoder(single, _global_batches, TRAIN, progress=False)
     out = tmp_path / "ddp.pt"
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # loopback only: the test never leaves this machine
     mp.spawn(_worker, args=(2, str(tmp_path / "init"), str(out)), nprocs=2, join=True)
     ddp = torch.load(out, weights_only=False)
     for name, p in single.state_dict().items():
