@@ -15,8 +15,10 @@ import math
 
 import torch
 
+from klsc_lib import constraints
 from klsc_lib.calibration import bisect_increasing
 from klsc_lib.divergences import kl_weights
+from klsc_lib.score_variable import EmpiricalScore
 
 
 def tilt_log_weights(energy_N: torch.Tensor) -> torch.Tensor:
@@ -69,8 +71,8 @@ def calibrate_tilt(psi_N: torch.Tensor, target: float, base_energy_N: torch.Tens
     """lambda >= 0 with E_{q} psi = target for q ∝ p e^{base + lambda psi}; the tilted
     mean is increasing in lambda (its derivative is Var_q psi, eq. 61). Raises
     :class:`~klsc_lib.calibration.UnreachableTarget` outside the attainable range."""
-    base = torch.zeros_like(psi_N) if base_energy_N is None else base_energy_N
-    return bisect_increasing(lambda lam: tilted_mean(psi_N, base + lam * psi_N), target, lo, hi, tol=tol,
+    law = EmpiricalScore(psi_N, base_energy_N)  # the base tilt p e^{base}, as a weighted score sample
+    return bisect_increasing(lambda lam: float(constraints.tilted_mean(law, lam)), target, lo, hi, tol=tol,
                              max_iter=max_iter, what="tilt strength lambda")
 
 
