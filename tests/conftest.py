@@ -23,3 +23,13 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def gmm_law():
+    """Score variable psi(X) of 20,000 draws from the App H prior (RM §11 defaults)."""
+    from klsc_lib.gmm import AngularScore, four_mode_gmm
+    from klsc_lib.score_variable import EmpiricalScore
+
+    x_ND = four_mode_gmm().sample(20_000, generator=torch.Generator().manual_seed(0))
+    return EmpiricalScore(AngularScore()(x_ND))

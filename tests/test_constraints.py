@@ -16,12 +16,6 @@ from klsc_lib.score_variable import EmpiricalScore, StandardNormalScore, midpoin
 
 
 @pytest.fixture(scope="module")
-def gmm_law():
-    x_ND = four_mode_gmm().sample(20_000, generator=torch.Generator().manual_seed(0))
-    return EmpiricalScore(AngularScore()(x_ND))
-
-
-@pytest.fixture(scope="module")
 def gmm_grid_law():
     x_GD, log_cell = midpoint_grid_2d(6.0, 200)
     return EmpiricalScore.from_density_grid(AngularScore()(x_GD), four_mode_gmm().log_prob(x_GD), log_cell)

@@ -11,14 +11,7 @@ from klsc_lib.constraints import log_partition, tilt, tilted_mean, tilted_var, t
 from klsc_lib.divergences import (kl_between_tilts, kl_tilt, kl_truncation, kl_weights, pinsker_bound,
                                   tv_between_truncations, tv_unit_gaussians, tv_weights)
 from klsc_lib.gaussian_example import normal_quadrature_law
-from klsc_lib.gmm import AngularScore, four_mode_gmm
-from klsc_lib.score_variable import EmpiricalScore, StandardNormalScore
-
-
-@pytest.fixture(scope="module")
-def gmm_law():
-    x_ND = four_mode_gmm().sample(20_000, generator=torch.Generator().manual_seed(0))
-    return EmpiricalScore(AngularScore()(x_ND))
+from klsc_lib.score_variable import StandardNormalScore
 
 
 @pytest.fixture(scope="module")
