@@ -38,7 +38,7 @@ bench: $(STAMP)
 
 # Build the default mini-world (backbone + priors, ~15 CPU minutes) into $KLSC_CACHE, or load it if cached.
 miniworld: $(STAMP)
-	$(PYTHON) -m klsc_lib.miniworld --profile default
+	$(PYTHON) -m klsc_lib.worlds.miniworld --profile default
 
 # Re-pair notebooks after editing the jupytext .py sources (the .py files are the source of truth).
 sync: $(STAMP)

@@ -20,10 +20,10 @@ import numpy as np
 import torch
 from timm.models.convnext import ConvNeXt
 
-from klsc_lib.activation_cache import build_activation_cache
+from klsc_lib.sae.activation_cache import build_activation_cache
 from klsc_lib.interfaces import HookedBackbone
-from klsc_lib.topk_index import TopKIndex
-from klsc_lib.transcoder import Transcoder, TranscoderConfig
+from klsc_lib.sae.topk_index import TopKIndex
+from klsc_lib.sae.transcoder import Transcoder, TranscoderConfig
 
 N_IMAGES, IMAGE = 2000, 16
 

@@ -12,7 +12,7 @@ from klsc_lib.diffusion.energy_dps import sample_energy_dps
 from klsc_lib.diffusion.gmm_oracle import GMMOracle
 from klsc_lib.diffusion.samplers import spaced_timesteps
 from klsc_lib.diffusion.schedule import DDPMSchedule
-from klsc_lib.gmm import AngularScore, four_mode_gmm
+from klsc_lib.worlds.gmm import AngularScore, four_mode_gmm
 
 NUM_STEPS = 100
 LAM = 0.1

@@ -9,18 +9,30 @@
   and ``preprocess`` maps them to what the backbone expects (RM §13 J.1: [-1,1] ->
   [0,1] -> ImageNet mean/std for DINOv3).
 
+- :class:`ConditionalPrior`: a class-conditional prior p_theta(x | y), the proxy of the
+  DiffExplainer-style baseline (App J.3.2).
+- :class:`World`: a hooked backbone, priors and a train / test image set whose items
+  carry ground-truth generative factors. :func:`klsc_lib.worlds.load_world` builds one.
+- :class:`ImageNetPreprocess`: the paper's [-1, 1] -> ImageNet-normalised input map.
+
 Samplers, caches and notebooks never branch on which concrete model is behind them.
+This module imports nothing else from :mod:`klsc_lib` but the DDPM schedule.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from klsc_lib.diffusion.schedule import DDPMSchedule
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+PAPER_IMAGE_SIZE = 256  # RM §13 J.1: img_size 256
 
 EpsModel = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x_t, t_B) -> eps, same shape as x_t
 
@@ -80,3 +92,75 @@ class HookedBackbone(nn.Module):
         if "in" not in captured:
             raise RuntimeError(f"block {self.block_name!r} of {self.name!r} was not called in the forward pass")
         return captured["in"], captured["out"]
+
+
+class ImageNetPreprocess(nn.Module):
+    """[-1, 1] -> [0, 1] -> clamp -> (bilinear resize to ``image_size`` if needed) ->
+    ImageNet mean / std: the DINOv3 input at guidance time (RM §13 J.1). Differentiable."""
+
+    def __init__(self, image_size: int = PAPER_IMAGE_SIZE, mean: tuple[float, ...] = IMAGENET_MEAN,
+                 std: tuple[float, ...] = IMAGENET_STD):
+        super().__init__()
+        self.image_size = image_size
+        self.register_buffer("mean_C11", torch.tensor(mean).reshape(-1, 1, 1), persistent=False)
+        self.register_buffer("std_C11", torch.tensor(std).reshape(-1, 1, 1), persistent=False)
+
+    def forward(self, x_BCHW: torch.Tensor) -> torch.Tensor:
+        if x_BCHW.ndim != 4 or x_BCHW.shape[1] != self.mean_C11.shape[0]:
+            raise ValueError(f"expected images (B, {self.mean_C11.shape[0]}, H, W) in [-1, 1], got {tuple(x_BCHW.shape)}")
+        x = ((x_BCHW + 1) / 2).clamp(0, 1)
+        if x.shape[-2:] != (self.image_size, self.image_size):
+            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False)
+        return (x - self.mean_C11.to(x)) / self.std_C11.to(x)
+
+
+CondEpsModel = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # (x_t, t_B, y_B) -> eps
+
+
+@dataclass
+class ConditionalPrior:
+    """A class-conditional diffusion prior p_theta(x | y): ``eps(x_t, t_B, y_B)``.
+
+    Used as the proxy-guided baseline (DiffExplainer, paper App J.3.2): generation is
+    steered by a proxy (a class label) instead of the intrinsic score itself.
+    """
+
+    eps: CondEpsModel
+    schedule: DDPMSchedule
+    sample_shape: tuple[int, ...]
+    num_classes: int
+    name: str = "cond_prior"
+    clip_x0: tuple[float, float] | None = (-1.0, 1.0)
+
+    def given(self, y_B: torch.Tensor) -> Prior:
+        """The conditional prior with the labels fixed, as a plain :class:`Prior`
+        (so the samplers in :mod:`klsc_lib.diffusion` run it unchanged)."""
+        y_B = torch.as_tensor(y_B).long()
+        if y_B.ndim != 1 or (y_B.numel() and (y_B.min() < 0 or y_B.max() >= self.num_classes)):
+            raise ValueError(f"labels must be a 1-D tensor of class ids in [0, {self.num_classes}), got {y_B}")
+
+        def eps(x_t: torch.Tensor, t_B: torch.Tensor) -> torch.Tensor:
+            if x_t.shape[0] != y_B.shape[0]:
+                raise ValueError(f"batch of {x_t.shape[0]} images but {y_B.shape[0]} labels")
+            return self.eps(x_t, t_B, y_B.to(x_t.device))
+
+        return Prior(eps, self.schedule, self.sample_shape, f"{self.name}|y", self.clip_x0)
+
+
+@dataclass
+class World:
+    """Backbone + priors + data of one world (see module docstring)."""
+
+    name: str
+    backbone: HookedBackbone  # images in [-1, 1] of side image_size; preprocess does resize / normalisation
+    prior: Prior  # unconditional eps-model, sample_shape (C, image_size, image_size)
+    cond_prior: ConditionalPrior | None  # None at paper scale
+    train: torch.utils.data.Dataset  # items: (image_CHW in [-1, 1], factors: dict[str, int])
+    test: torch.utils.data.Dataset
+    factor_names: tuple[str, ...]  # ground-truth generative factors
+    num_classes: int  # classes of the backbone's head
+    quality: dict = field(default_factory=dict)  # quality metrics measured when built / loaded
+
+    @property
+    def image_size(self) -> int:
+        return int(self.prior.sample_shape[-1])

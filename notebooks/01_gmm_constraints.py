@@ -2,6 +2,11 @@
 # jupyter:
 #   jupytext:
 #     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python (klsc)
 #     language: python
@@ -47,16 +52,16 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from klsc_lib import gaussian_example as gx
-from klsc_lib.constraints import (calibrate_lambda, calibrate_tau, log_partition, matched_comparison, tilt,
+from klsc_lib.constraints import gaussian_example as gx
+from klsc_lib.constraints.hard_vs_tilt import (calibrate_lambda, calibrate_tau, log_partition, matched_comparison, tilt,
                                   tilted_mean, tilted_var, truncate)
-from klsc_lib.divergences import (kl_between_tilts, kl_tilt, kl_truncation, kl_weights, pinsker_bound,
+from klsc_lib.constraints.divergences import (kl_between_tilts, kl_tilt, kl_truncation, kl_weights, pinsker_bound,
                                   tv_between_truncations, tv_unit_gaussians)
-from klsc_lib.gmm import AngularScore, four_mode_gmm
+from klsc_lib.worlds.gmm import AngularScore, four_mode_gmm
 from klsc_lib.profiles import get_profile
 from klsc_lib.report import Report
 from klsc_lib.runtime import resolve_device, seed_everything
-from klsc_lib.score_variable import EmpiricalScore, midpoint_grid_2d
+from klsc_lib.constraints.score_variable import EmpiricalScore, midpoint_grid_2d
 
 cfg = get_profile("01_gmm_constraints", profile)
 dev = resolve_device(device)
@@ -74,7 +79,7 @@ print(cfg, dev, sep="\n")
 # $\psi\approx s\pi$, so $\mathbb E_p\psi\approx 4.7$ and the levels $t\in\{5,6,7\}$ are active.
 #
 # We look at the prior through two laws of the score variable $Y=\psi(X)$
-# (`klsc_lib.score_variable.EmpiricalScore`): the Monte Carlo sample that App H.3 prescribes
+# (`klsc_lib.constraints.score_variable.EmpiricalScore`): the Monte Carlo sample that App H.3 prescribes
 # (`n_prior_samples` draws, uniform weights) and a midpoint-rule quadrature grid of the GMM
 # density on $[-L,L]^2$ (a weight is density $\times$ cell area), our cross-check.
 

@@ -2,6 +2,11 @@
 # jupyter:
 #   jupytext:
 #     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python (klsc)
 #     language: python
@@ -43,16 +48,16 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from klsc_lib import kde
-from klsc_lib import sampling_baselines as sb
-from klsc_lib import tilt_reference as tr
-from klsc_lib.calibration import UnreachableTarget
+from klsc_lib.analysis import kde
+from klsc_lib.baselines import gmm as sb
+from klsc_lib.constraints import tilt_reference as tr
+from klsc_lib.constraints.calibration import UnreachableTarget
 from klsc_lib.diffusion.energy_dps import sample_energy_dps
 from klsc_lib.diffusion.gmm_oracle import GMMOracle
 from klsc_lib.diffusion.samplers import sample_ddpm, spaced_timesteps
 from klsc_lib.diffusion.schedule import DDPMSchedule
-from klsc_lib.gmm import AngularScore, four_mode_gmm
-from klsc_lib.matched_calibration import calibrate_knob
+from klsc_lib.worlds.gmm import AngularScore, four_mode_gmm
+from klsc_lib.constraints.matched_calibration import calibrate_knob
 from klsc_lib.profiles import get_profile
 from klsc_lib.report import Report
 from klsc_lib.runtime import resolve_device, seed_everything

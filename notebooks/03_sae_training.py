@@ -2,6 +2,11 @@
 # jupyter:
 #   jupytext:
 #     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python (klsc)
 #     language: python
@@ -41,17 +46,18 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from klsc_lib.activation_cache import cached_activations
-from klsc_lib.feature_viz import FeatureBrowser, FeatureGallery
+from klsc_lib.sae.activation_cache import cached_activations
+from klsc_lib.viz.gallery import FeatureBrowser, FeatureGallery
 from klsc_lib.interfaces import HookedBackbone
-from klsc_lib.monosemanticity import dataset_factors, monosemanticity
+from klsc_lib.analysis.monosemanticity import dataset_factors, monosemanticity
 from klsc_lib.profiles import get_profile
 from klsc_lib.report import Report
 from klsc_lib.runtime import cache_dir, config_hash, resolve_device, seed_everything
-from klsc_lib.topk_index import index_maps
-from klsc_lib.transcoder import TranscoderConfig
-from klsc_lib.transcoder_training import TrainConfig, classification_accuracy, evaluate_transcoder, fit_transcoder
-from klsc_lib.world import load_world, record_world
+from klsc_lib.sae.topk_index import index_maps
+from klsc_lib.sae.transcoder import TranscoderConfig
+from klsc_lib.sae.training import TrainConfig, classification_accuracy, evaluate_transcoder, fit_transcoder
+from klsc_lib.viz.world import record_world
+from klsc_lib.worlds import load_world
 
 cfg = get_profile("03_sae_training", profile)
 dev = resolve_device(device)

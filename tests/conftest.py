@@ -28,8 +28,8 @@ def one_thread():
 @pytest.fixture(scope="session")
 def gmm_law():
     """Score variable psi(X) of 20,000 draws from the App H prior (RM §11 defaults)."""
-    from klsc_lib.gmm import AngularScore, four_mode_gmm
-    from klsc_lib.score_variable import EmpiricalScore
+    from klsc_lib.worlds.gmm import AngularScore, four_mode_gmm
+    from klsc_lib.constraints.score_variable import EmpiricalScore
 
     x_ND = four_mode_gmm().sample(20_000, generator=torch.Generator().manual_seed(0))
     return EmpiricalScore(AngularScore()(x_ND))

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from _tiny_convnext import RandomImages, tiny_backbone
-from klsc_lib.activation_cache import (
+from klsc_lib.sae.activation_cache import (
     ActivationCache, CacheIncompleteError, CacheMismatchError, build_activation_cache,
 )
 

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from klsc_lib.calibration import UnreachableTarget, bisect_increasing
+from klsc_lib.constraints.calibration import UnreachableTarget, bisect_increasing
 
 
 def test_bisection_finds_known_root():

@@ -6,13 +6,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from klsc_lib.calibration import UnreachableTarget
-from klsc_lib.constraints import (calibrate_lambda, calibrate_tau, log_partition, matched_comparison, tilt,
+from klsc_lib.constraints.calibration import UnreachableTarget
+from klsc_lib.constraints.hard_vs_tilt import (calibrate_lambda, calibrate_tau, log_partition, matched_comparison, tilt,
                                   tilted_mean, tilted_var, truncate)
-from klsc_lib.divergences import kl_tilt, kl_truncation, kl_weights
-from klsc_lib.gaussian_example import normal_quadrature_law
-from klsc_lib.gmm import AngularScore, four_mode_gmm
-from klsc_lib.score_variable import EmpiricalScore, StandardNormalScore, midpoint_grid_2d
+from klsc_lib.constraints.divergences import kl_tilt, kl_truncation, kl_weights
+from klsc_lib.constraints.gaussian_example import normal_quadrature_law
+from klsc_lib.worlds.gmm import AngularScore, four_mode_gmm
+from klsc_lib.constraints.score_variable import EmpiricalScore, StandardNormalScore, midpoint_grid_2d
 
 
 @pytest.fixture(scope="module")

@@ -7,11 +7,11 @@ import math
 import pytest
 import torch
 
-from klsc_lib.constraints import log_partition, tilt, tilted_mean, tilted_var, truncate
-from klsc_lib.divergences import (kl_between_tilts, kl_tilt, kl_truncation, kl_weights, pinsker_bound,
+from klsc_lib.constraints.hard_vs_tilt import log_partition, tilt, tilted_mean, tilted_var, truncate
+from klsc_lib.constraints.divergences import (kl_between_tilts, kl_tilt, kl_truncation, kl_weights, pinsker_bound,
                                   tv_between_truncations, tv_unit_gaussians, tv_weights)
-from klsc_lib.gaussian_example import normal_quadrature_law
-from klsc_lib.score_variable import StandardNormalScore
+from klsc_lib.constraints.gaussian_example import normal_quadrature_law
+from klsc_lib.constraints.score_variable import StandardNormalScore
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from klsc_lib.diffusion.energy_dps import NonFiniteGuidance, sample_energy_dps
 from klsc_lib.diffusion.gmm_oracle import GMMOracle
 from klsc_lib.diffusion.samplers import sample_ddpm, spaced_timesteps
 from klsc_lib.diffusion.schedule import DDPMSchedule
-from klsc_lib.gmm import AngularScore, GaussianMixture, four_mode_gmm
+from klsc_lib.worlds.gmm import AngularScore, GaussianMixture, four_mode_gmm
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

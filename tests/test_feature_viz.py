@@ -10,8 +10,8 @@ import matplotlib.pyplot as plt
 import pytest
 import torch
 
-from klsc_lib.feature_viz import FeatureBrowser, FeatureGallery
-from klsc_lib.topk_index import index_maps
+from klsc_lib.viz.gallery import FeatureBrowser, FeatureGallery
+from klsc_lib.sae.topk_index import index_maps
 
 N, U, H = 12, 5, 4
 

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from klsc_lib.gaussian_example import (NORMAL, RM6_ANCHOR_DELTA, RM6_ANCHORS, RM6_MEAN_INSTABILITY_HARD_0_2,
+from klsc_lib.constraints.gaussian_example import (NORMAL, RM6_ANCHOR_DELTA, RM6_ANCHORS, RM6_MEAN_INSTABILITY_HARD_0_2,
                                        V_HARD_FLOOR, V_SOFT, anchor_row, interpretability_gap, mean_instability_hard,
                                        normal_quadrature_law, numeric_anchor_row, tilted_hazard, v_hard)
 

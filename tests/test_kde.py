@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from klsc_lib import kde
-from klsc_lib.gmm import GaussianMixture, four_mode_gmm
+from klsc_lib.analysis import kde
+from klsc_lib.worlds.gmm import GaussianMixture, four_mode_gmm
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from klsc_lib.lm_saes_import import load_lm_saes_transcoder
+from klsc_lib.sae.lm_saes_import import load_lm_saes_transcoder
 
 HOOK_IN, HOOK_OUT = "stages.2.20.hook_resid_pre", "stages.2.20.hook_resid_post"
 D, F, K = 12, 40, 5

@@ -1,4 +1,4 @@
-"""Building, caching and resuming a mini-world (klsc_lib.miniworld.build, .training).
+"""Building, caching and resuming a mini-world (klsc_lib.worlds.miniworld.build, .training).
 
 A tiny config (seconds) checks the cache and resume logic; the smoke config checks
 that the CI world builds from nothing through the public ``load_world``."""
@@ -10,9 +10,9 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from klsc_lib.miniworld import MINIWORLD, BackboneConfig, MiniWorldConfig, PriorConfig, build, miniworld_hash
-from klsc_lib.miniworld.training import train_resumable
-from klsc_lib.world import load_world
+from klsc_lib.worlds.miniworld import MINIWORLD, BackboneConfig, MiniWorldConfig, PriorConfig, build, miniworld_hash
+from klsc_lib.worlds.miniworld.training import train_resumable
+from klsc_lib.worlds import load_world
 
 TINY = MiniWorldConfig(
     name="miniworld-tiny", n_train=256, n_test=64,

@@ -1,12 +1,12 @@
 """The mini-world's images are a deterministic function of the seed, and each
-generative factor changes the image exactly as specified (klsc_lib.miniworld.data)."""
+generative factor changes the image exactly as specified (klsc_lib.worlds.miniworld.data)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from klsc_lib.miniworld import data as d
+from klsc_lib.worlds.miniworld import data as d
 
 
 def glyph_alpha(glyph: int, size: int, position: int) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""KID and the recognition statistics of klsc_lib.miniworld.quality."""
+"""KID and the recognition statistics of klsc_lib.worlds.miniworld.quality."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from klsc_lib.miniworld import quality as q
+from klsc_lib.worlds.miniworld import quality as q
 
 
 def kid_by_loops(x, y):

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from klsc_lib.monosemanticity import monosemanticity
+from klsc_lib.analysis.monosemanticity import monosemanticity
 
 
 def test_pure_unit_scores_one_and_balanced_unit_scores_zero():

@@ -11,7 +11,7 @@ from klsc_lib.diffusion.gmm_oracle import GMMOracle, gmm_oracle_prior
 from klsc_lib.diffusion.samplers import (ancestral_step, sample_ddim, sample_ddpm, spaced_timesteps,
                                          tilted_score_step_size)
 from klsc_lib.diffusion.schedule import DDPMSchedule
-from klsc_lib.gmm import GaussianMixture, four_mode_gmm
+from klsc_lib.worlds.gmm import GaussianMixture, four_mode_gmm
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -8,16 +8,16 @@ import math
 import pytest
 import torch
 
-from klsc_lib import sampling_baselines as sb
-from klsc_lib import tilt_reference as tr
-from klsc_lib.calibration import UnreachableTarget
+from klsc_lib.baselines import gmm as sb
+from klsc_lib.constraints import tilt_reference as tr
+from klsc_lib.constraints.calibration import UnreachableTarget
 from klsc_lib.diffusion.energy_dps import sample_energy_dps
 from klsc_lib.diffusion.gmm_oracle import GMMOracle
 from klsc_lib.diffusion.samplers import spaced_timesteps
 from klsc_lib.diffusion.schedule import DDPMSchedule
-from klsc_lib.gmm import AngularScore, four_mode_gmm
-from klsc_lib.kde import Grid2D
-from klsc_lib.matched_calibration import calibrate_knob
+from klsc_lib.worlds.gmm import AngularScore, four_mode_gmm
+from klsc_lib.analysis.kde import Grid2D
+from klsc_lib.constraints.matched_calibration import calibrate_knob
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

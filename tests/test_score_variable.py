@@ -8,8 +8,8 @@ import math
 import pytest
 import torch
 
-from klsc_lib.gaussian_example import normal_quadrature_law
-from klsc_lib.score_variable import EmpiricalScore, StandardNormalScore, inverse_mills_ratio, midpoint_grid_2d
+from klsc_lib.constraints.gaussian_example import normal_quadrature_law
+from klsc_lib.constraints.score_variable import EmpiricalScore, StandardNormalScore, inverse_mills_ratio, midpoint_grid_2d
 
 NORMAL = StandardNormalScore()
 TAUS = torch.tensor([-1.0, 0.0, 0.5, 1.0, 2.0, 3.0], dtype=torch.float64)

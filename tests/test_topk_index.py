@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from _tiny_convnext import RandomImages, tiny_backbone
-from klsc_lib.activation_cache import build_activation_cache
-from klsc_lib.topk_index import TopKIndex
+from klsc_lib.sae.activation_cache import build_activation_cache
+from klsc_lib.sae.topk_index import TopKIndex
 
 
 def _brute_force(maps_NUHW: torch.Tensor, k: int):

@@ -8,8 +8,8 @@ import torch
 torch.manual_seed(0)
 
 from _tiny_convnext import RandomImages, tiny_backbone
-from klsc_lib.transcoder import Transcoder, TranscoderConfig, spliced, topk_per_position
-from klsc_lib.transcoder_training import (
+from klsc_lib.sae.transcoder import Transcoder, TranscoderConfig, spliced, topk_per_position
+from klsc_lib.sae.training import (
     TrainConfig, classification_accuracy, evaluate_transcoder, fvu, init_from_sample_, lr_factor, train_transcoder,
 )
 

@@ -10,8 +10,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from klsc_lib.transcoder import Transcoder, TranscoderConfig
-from klsc_lib.transcoder_training import TrainConfig, train_transcoder
+from klsc_lib.sae.transcoder import Transcoder, TranscoderConfig
+from klsc_lib.sae.training import TrainConfig, train_transcoder
 
 GLOBAL_BATCH, STEPS = 8, 6
 MODEL = TranscoderConfig(d_in=6, d_out=5, d_sae=24, k=4, kernel_size=3)

@@ -1,4 +1,4 @@
-"""The World contract (klsc_lib.world): conditional prior, dispatch, record_world,
+"""The World contract (klsc_lib.worlds.loader): conditional prior, dispatch, record_world,
 and the mini-world's backbone wiring (preprocess, hook point)."""
 
 from __future__ import annotations
@@ -10,11 +10,13 @@ import pytest
 import torch
 
 from klsc_lib.diffusion.schedule import DDPMSchedule
-from klsc_lib.miniworld import MINIWORLD, MiniWorldConfig
-from klsc_lib.miniworld.data import FACTOR_NAMES, MiniWorldDataset
-from klsc_lib.miniworld.models import NULL_LABEL, build_convnext, build_unet, hooked_backbone, priors
+from klsc_lib.worlds.miniworld import MINIWORLD, MiniWorldConfig
+from klsc_lib.worlds.miniworld.data import FACTOR_NAMES, MiniWorldDataset
+from klsc_lib.worlds.miniworld.models import NULL_LABEL, build_convnext, build_unet, hooked_backbone, priors
 from klsc_lib.report import Report
-from klsc_lib.world import ConditionalPrior, World, load_world, record_world
+from klsc_lib.interfaces import ConditionalPrior, World
+from klsc_lib.viz.world import record_world
+from klsc_lib.worlds import load_world
 
 
 def untrained_world(n: int = 16) -> World:

@@ -25,7 +25,8 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import nn
 
-from klsc_lib.zoo.dinov3 import (CONVNEXT_LARGE, IMAGENET_MEAN, IMAGENET_STD, ConvNeXtArch, ImageNetPreprocess,
+from klsc_lib.interfaces import IMAGENET_MEAN, IMAGENET_STD, ImageNetPreprocess
+from klsc_lib.worlds.zoo.dinov3 import (CONVNEXT_LARGE, ConvNeXtArch,
                                  dinov3_backbone, load_dinov3_convnext)
 
 SLIM = ConvNeXtArch(depths=(1, 1, 3, 1), dims=(32, 64, 96, 128))
@@ -235,8 +236,9 @@ def test_paper_world_end_to_end_with_local_files(large_meta_checkpoint, tmp_path
     from PIL import Image
 
     from klsc_lib.report import Report
-    from klsc_lib.world import load_world, record_world
-    from klsc_lib.zoo import PaperWorldConfig
+    from klsc_lib.viz.world import record_world
+    from klsc_lib.worlds import load_world
+    from klsc_lib.worlds.zoo import PaperWorldConfig
 
     _, path = large_meta_checkpoint
     for var in ("KLSC_DINOV3_WEIGHTS", "KLSC_DIFFUSERS_PRIOR", "KLSC_IMAGENET_DIR"):

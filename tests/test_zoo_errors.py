@@ -11,9 +11,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from klsc_lib.zoo import (ConvNeXtArch, PaperWorldConfig, WeightsFileError, diffusers_prior, dinov3_backbone,
+from klsc_lib.worlds.zoo import (ConvNeXtArch, PaperWorldConfig, WeightsFileError, diffusers_prior, dinov3_backbone,
                           guided_diffusion_prior, load_dinov3_convnext, load_paper_world)
-from klsc_lib.zoo.dinov3 import build_dinov3_convnext, timm_key_to_layout
+from klsc_lib.worlds.zoo.dinov3 import build_dinov3_convnext, timm_key_to_layout
 
 SLIM = ConvNeXtArch(depths=(1, 1, 2, 1), dims=(32, 64, 96, 128))
 DINOV3_PUBLISHED = ("dinov3_convnext_large_pretrain_lvd1689m-61fa432d.pth", "facebook/dinov3-convnext-large-pretrain-lvd1689m",

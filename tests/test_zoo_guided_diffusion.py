@@ -26,8 +26,8 @@ import torch
 from torch import nn
 
 from klsc_lib.diffusion.schedule import DDPMSchedule
-from klsc_lib.zoo import WeightsFileError
-from klsc_lib.zoo.guided_diffusion import (IMAGENET256_UNCOND, GuidedUNetConfig, convert_guided_state_dict,
+from klsc_lib.worlds.zoo import WeightsFileError
+from klsc_lib.worlds.zoo.guided_diffusion import (IMAGENET256_UNCOND, GuidedUNetConfig, convert_guided_state_dict,
                                            diffusers_unet_kwargs, expected_guided_shapes, guided_diffusion_prior,
                                            learned_range_log_variance, load_guided_unet)
 
@@ -257,7 +257,7 @@ def test_diffusers_pipeline_folder_becomes_a_prior(tmp_path):
     the UNet's output and whose schedule is the folder's scheduler config."""
     from diffusers import DDPMScheduler
 
-    from klsc_lib.zoo import diffusers_prior
+    from klsc_lib.worlds.zoo import diffusers_prior
 
     unet = tiny_ddpm_unet()
     unet.save_pretrained(tmp_path / "ddpm" / "unet")
@@ -274,7 +274,7 @@ def test_diffusers_pipeline_folder_becomes_a_prior(tmp_path):
 def test_diffusers_unet_folder_with_legacy_attention_names_and_learned_variance(tmp_path):
     """A UNet folder with a torch-pickled .bin using the old attention names
     (query / key / value / proj_attn) and 6 output channels: eps is the first half."""
-    from klsc_lib.zoo import diffusers_prior
+    from klsc_lib.worlds.zoo import diffusers_prior
 
     unet = tiny_ddpm_unet(out_channels=6)
     folder = tmp_path / "old_unet"

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from klsc_lib.diffusion.schedule import DDPMSchedule
-from klsc_lib.gmm import GaussianMixture
+from klsc_lib.worlds.gmm import GaussianMixture
 from klsc_lib.interfaces import Prior
 
 

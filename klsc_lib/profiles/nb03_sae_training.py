@@ -16,13 +16,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from klsc_lib.miniworld import MINIWORLD
-from klsc_lib.zoo import PaperWorldConfig
+from klsc_lib.worlds.miniworld import MINIWORLD
+from klsc_lib.worlds.zoo import PaperWorldConfig
 
 
 @dataclass(frozen=True)
 class SaeTrainingProfile:
-    world: Any  # MiniWorldConfig or PaperWorldConfig (klsc_lib.world.load_world)
+    world: Any  # MiniWorldConfig or PaperWorldConfig (klsc_lib.worlds.loader.load_world)
     label_factor: str | None  # factor the backbone's head classifies (None: no head, spliced accuracy skipped)
     # Transcoder (App C.1, RM §13 J.1).
     kernel_size: int

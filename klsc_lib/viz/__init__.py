@@ -1,0 +1,1 @@
+"""Pictures: the world grid, the feature gallery and the feature browser."""

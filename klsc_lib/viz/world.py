@@ -1,0 +1,59 @@
+"""Picture of a world: held-out images beside the prior samples its quality was measured on."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from klsc_lib.interfaces import World
+
+
+def _image_grid(images_BCHW: torch.Tensor, ncol: int) -> torch.Tensor:
+    """Tile images in [-1, 1] into one (H', W', C) array in [0, 1] with 1-pixel gaps."""
+    b, c, h, w = images_BCHW.shape
+    nrow = math.ceil(b / ncol)
+    grid = torch.ones(c, nrow * (h + 1) + 1, ncol * (w + 1) + 1)
+    for i, img in enumerate(images_BCHW.detach().float().cpu().clamp(-1, 1)):
+        r, q = divmod(i, ncol)
+        grid[:, 1 + r * (h + 1): 1 + r * (h + 1) + h, 1 + q * (w + 1): 1 + q * (w + 1) + w] = (img + 1) / 2
+    return grid.permute(1, 2, 0).squeeze(-1)
+
+
+def record_world(report, world: World, num_images: int = 32) -> None:
+    """Write ``world.quality`` as metrics (prefixed ``world/``; tensors skipped) and one
+    PNG (``world``) into a :class:`klsc_lib.report.Report`: held-out world images beside
+    the prior samples the quality was measured on (``quality["samples_BCHW"]`` and
+    ``quality["cond_samples_BCHW"]``, where the builder kept them)."""
+    import matplotlib.pyplot as plt
+
+    report.metric("world/name", world.name)
+    for key, value in world.quality.items():
+        if not isinstance(value, torch.Tensor):
+            report.metric(f"world/{key}", value)
+    n = min(num_images, len(world.test))
+    panels = []
+    if n:  # the paper world has no images unless an image folder is configured
+        panels.append(("world images (held-out test set)", torch.stack([world.test[i][0] for i in range(n)]), 8))
+    n = n or num_images
+    if isinstance(world.quality.get("samples_BCHW"), torch.Tensor):
+        panels.append((f"unconditional prior samples\n({world.prior.name})", world.quality["samples_BCHW"][:n], 8))
+    if isinstance(world.quality.get("cond_samples_BCHW"), torch.Tensor) and world.cond_prior is not None:
+        k = world.cond_prior.num_classes
+        panels.append((f"class-conditional samples\n(column j: class j of {k})",
+                       world.quality["cond_samples_BCHW"][: (n // k) * k or k], k))
+    if not panels:
+        return
+    grids = [(title, _image_grid(batch, ncol=ncol).numpy()) for title, batch, ncol in panels]
+    cell = 0.42 / 17  # inches per grid pixel: every panel shows its images at the same scale
+    widths = [g.shape[1] for _, g in grids]
+    fig, axes = plt.subplots(1, len(grids), figsize=(cell * sum(widths) + 0.3 * len(grids),
+                                                     cell * max(g.shape[0] for _, g in grids) + 1.0),
+                             squeeze=False, width_ratios=widths, layout="constrained")
+    for ax, (title, grid) in zip(axes[0], grids):
+        ax.imshow(grid, interpolation="nearest", cmap="gray")
+        ax.set_title(title, fontsize=10)
+        ax.axis("off")
+    fig.suptitle(f"World {world.name!r}")
+    report.savefig(fig, "world")
+    plt.close(fig)

@@ -1,0 +1,101 @@
+"""Settings of the mini-world (issue 4): data, backbone, prior, quality checks.
+
+One frozen :class:`MiniWorldConfig` describes a whole world; its
+:func:`miniworld_hash` names the cache folder ``cache_dir()/miniworld/<hash>/``, so a
+changed setting never reuses a stale artefact. ``MINIWORLD`` holds the two sizes the
+notebooks use (profile ``paper`` uses the paper's models instead, :mod:`klsc_lib.worlds.zoo`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from klsc_lib.runtime import config_hash
+
+# Bump when a code change alters what a config trains into (data rendering, model
+# wiring, training loop), so old cache folders are not reused.
+FORMAT_VERSION = 2
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    """A narrow, shallow timm ConvNeXt (the block type of DINOv3 ConvNeXt, RM §13 J.1).
+
+    The 16x16 world image is upsampled (bilinear, inside ``preprocess``) to
+    ``input_size``. With a stride-1 stem (``patch_size=1``) timm's ConvNeXt runs stage
+    k at ``input_size / 2**k`` (a stride-2 stem is followed by a stride-2 stage 0, so it
+    halves everything twice), so stage 2 (the third) is 8x8 for the default 32 px
+    input: the hook is 64x8x8, stride 2 in world pixels (the paper's: 768x16x16 at
+    256 px, stride 16)."""
+
+    dims: tuple[int, ...] = (16, 32, 64, 128)
+    depths: tuple[int, ...] = (1, 1, 3, 1)
+    input_size: int = 32
+    patch_size: int = 1
+    hook_block: str = "stages.2.blocks.2"  # input of the last block of stage 2 (paper: block 20 of 27)
+    steps: int = 1000
+    batch_size: int = 128
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+
+
+@dataclass(frozen=True)
+class PriorConfig:
+    """A small diffusers ``UNet2DModel`` eps-predictor on the world's 16x16x3 images.
+
+    One network serves as both priors: it is trained with class dropout (the label is
+    replaced by a null id with probability ``p_uncond``, Ho & Salimans 2022), so with
+    the null id it is the unconditional prior p(x) and with a digit id the
+    class-conditional prior p(x | y) of the DiffExplainer-style proxy baseline (paper
+    App J.3.2). This halves the CPU cost of training two networks."""
+
+    channels: tuple[int, ...] = (32, 64, 64)
+    attention: bool = True  # self-attention at the middle resolution (8x8)
+    layers_per_block: int = 1
+    norm_groups: int = 8
+    num_train_timesteps: int = 1000  # RM §13 J.4: 1000-step linear schedule
+    beta_start: float = 1e-4
+    beta_end: float = 0.02
+    steps: int = 2400
+    batch_size: int = 128
+    lr: float = 1e-3
+    p_uncond: float = 0.2
+    ema_decay: float = 0.995
+
+
+@dataclass(frozen=True)
+class MiniWorldConfig:
+    name: str
+    seed: int = 0
+    n_train: int = 20_000
+    n_test: int = 2_000
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    prior: PriorConfig = field(default_factory=PriorConfig)
+    num_quality_samples: int = 128  # unconditional prior samples for KID / recognition
+    num_cond_quality_samples: int = 64  # class-conditional samples (labels cycle through the digits)
+    quality_sampling_steps: int = 250  # respaced DDPM ancestral steps for the quality samples
+    checkpoint_every: int = 200
+
+    def __post_init__(self) -> None:
+        if self.n_train < self.backbone.batch_size or self.n_train < self.prior.batch_size:
+            raise ValueError(f"n_train={self.n_train} is smaller than a training batch")
+        if self.num_quality_samples < 4 or self.num_cond_quality_samples < 1:
+            raise ValueError("KID needs at least 4 prior samples and at least 1 conditional sample")
+
+
+def miniworld_hash(cfg: MiniWorldConfig) -> str:
+    """Cache key of ``cfg`` (every field, plus :data:`FORMAT_VERSION`)."""
+    return config_hash({"format": FORMAT_VERSION, **asdict(cfg)})
+
+
+MINIWORLD = {
+    # CI: a tiny world in well under a minute on 2 cores. The short 100-step schedule
+    # (betas scaled by 10 so abar_T stays ~0) keeps sampling cheap; it is a smoke test.
+    "smoke": MiniWorldConfig(
+        name="miniworld-smoke", n_train=1024, n_test=256,
+        backbone=BackboneConfig(dims=(8, 16, 32, 64), input_size=16, steps=150, batch_size=64),
+        prior=PriorConfig(channels=(16, 32, 32), attention=False, norm_groups=8, num_train_timesteps=100,
+                          beta_start=1e-3, beta_end=0.2, steps=120, batch_size=64, ema_decay=0.9),
+        num_quality_samples=32, num_cond_quality_samples=20, quality_sampling_steps=50, checkpoint_every=40),
+    "default": MiniWorldConfig(name="miniworld"),
+}
