@@ -28,6 +28,12 @@ from klsc_lib.runtime import atomic_path, atomic_write_text
 _VERSIONED = ("torch", "torchvision", "numpy", "scipy", "matplotlib", "timm", "diffusers", "klsc_lib")
 
 
+#: What a claim tests: ``paper`` an empirical statement of the paper on our data;
+#: ``identity`` a theorem that holds for any input (a check of the code, with a tolerance
+#: that fits the precision reached); ``ours`` a quality target of this reproduction.
+CLAIM_KINDS = ("paper", "identity", "ours")
+
+
 @dataclass(frozen=True)
 class Claim:
     id: str
@@ -36,6 +42,8 @@ class Claim:
     ours: Any
     paper: Any
     holds: bool
+    kind: str  # one of CLAIM_KINDS
+    threshold: Any = None  # our pass criterion where it is not the paper's value itself
 
 
 def to_jsonable(value: Any) -> Any:
@@ -91,10 +99,15 @@ class Report:
             entry["note"] = note
         self.metrics[name] = entry
 
-    def claim(self, id: str, paper_ref: str, statement: str, ours: Any, paper: Any, holds: bool) -> Claim:
+    def claim(self, id: str, paper_ref: str, statement: str, ours: Any, paper: Any, holds: bool, *, kind: str,
+              threshold: Any = None) -> Claim:
+        """Record one ledger claim; ``kind`` is one of :data:`CLAIM_KINDS`."""
+        if kind not in CLAIM_KINDS:
+            raise ValueError(f"claim {id!r}: kind must be one of {CLAIM_KINDS}, got {kind!r}")
         if any(c.id == id for c in self.claims):
             raise ValueError(f"claim id {id!r} recorded twice in {self.notebook}")
-        c = Claim(id, paper_ref, statement, to_jsonable(ours), to_jsonable(paper), bool(holds))
+        c = Claim(id, paper_ref, statement, to_jsonable(ours), to_jsonable(paper), bool(holds), kind,
+                  to_jsonable(threshold))
         self.claims.append(c)
         return c
 

@@ -20,8 +20,8 @@ def test_metrics_json_round_trip(tmp_path):
     report = Report("01_demo", tmp_path / "01_demo", profile="smoke", seed=3)
     report.metric("kl", torch.tensor(0.25), paper=0.0126)
     report.metric("table", {"t": np.arange(3), "inf": math.inf})
-    report.claim("c1", "Thm D.14", "soft <= hard", ours=np.float32(0.1), paper=None, holds=True)
-    report.claim("c2", "Lemma D.7", "does not reproduce", ours=2.0, paper=1.0, holds=False)
+    report.claim("c1", "Thm D.14", "soft <= hard", ours=np.float32(0.1), paper=None, holds=True, kind="identity")
+    report.claim("c2", "Lemma D.7", "does not reproduce", ours=2.0, paper=1.0, holds=False, kind="paper")
     fig, ax = plt.subplots()
     ax.plot([0, 1])
     report.savefig(fig, "line")
@@ -37,15 +37,15 @@ def test_metrics_json_round_trip(tmp_path):
 
 def test_duplicate_claim_id_rejected(tmp_path):
     report = Report("01_demo", tmp_path, profile="smoke", seed=0)
-    report.claim("c1", "ref", "s", 1, 1, True)
+    report.claim("c1", "ref", "s", 1, 1, True, kind="ours")
     with pytest.raises(ValueError, match="twice"):
-        report.claim("c1", "ref", "s", 1, 1, True)
+        report.claim("c1", "ref", "s", 1, 1, True, kind="ours")
 
 
 def test_claims_table_lists_failures_and_counts(tmp_path):
     for name, holds in (("01_a", True), ("02_b", False)):
         r = Report(name, tmp_path / name, profile="default", seed=0)
-        r.claim(f"{name}-claim", "Sec 2", "a | b", ours=[1.0, 2.0], paper=None, holds=holds)
+        r.claim(f"{name}-claim", "Sec 2", "a | b", ours=[1.0, 2.0], paper=None, holds=holds, kind="paper")
         r.write()
     table = write_claims_table(tmp_path).read_text()
     assert "1 of 2 claims hold" in table
