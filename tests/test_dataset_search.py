@@ -27,7 +27,7 @@ def batches(images: torch.Tensor, size: int, id_offset: int = 100):
 
 
 def test_equals_brute_force(images, filters):
-    energy = lambda x: torch.einsum("bchw,uchw->bu", x, filters)  # noqa: E731
+    energy = lambda x: torch.einsum("bchw,uchw->bu", x, filters)
     res = dataset_search(batches(images, 8), energy, n_units=5, k=K, disable=True)
     psi_NU = torch.einsum("bchw,uchw->bu", images.double(), filters.double())
     top_psi, top_idx = psi_NU.T.topk(K, dim=1)
@@ -47,7 +47,7 @@ def test_single_energies_stack_to_the_same_result(images, filters):
 
 
 def test_bad_input_is_refused(images):
-    energy = lambda x: x.mean(dim=(2, 3))  # noqa: E731  (3 units: one per channel)
+    energy = lambda x: x.mean(dim=(2, 3))  # 3 units: one per channel
     with pytest.raises(ValueError, match="unique"):
         dataset_search([(torch.arange(4), images[:4]), (torch.arange(3, 6), images[4:7])], energy, 3, K, disable=True)
     with pytest.raises(ValueError, match="fewer than k"):
@@ -55,5 +55,5 @@ def test_bad_input_is_refused(images):
     with pytest.raises(ValueError, match=r"expected psi \(4, 2\)"):
         dataset_search([(torch.arange(4), images[:4])], energy, 2, K, disable=True)
     with pytest.raises(FloatingPointError, match=r"image ids \[1\]"):
-        nan_at_1 = lambda x: energy(x).index_fill(0, torch.tensor([1]), torch.nan)  # noqa: E731
+        nan_at_1 = lambda x: energy(x).index_fill(0, torch.tensor([1]), torch.nan)
         dataset_search([(torch.arange(4), images[:4])], nan_at_1, 3, K, disable=True)

@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from klsc_lib.baselines.maco import (MacoPrior, crop_resize, decorrelate, estimate_magnitude_spectrum, maco, recorrelate,
-                                     resize_spectrum)
+from klsc_lib.baselines.maco import (MacoPrior, crop_resize, decorrelate, estimate_magnitude_spectrum, maco,
+                                     recorrelate, resize_spectrum)
 
 SIDE = 16
 

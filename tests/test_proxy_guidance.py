@@ -15,9 +15,13 @@ from klsc_lib.baselines.proxy_guidance import (DDIMChain, class_embedding_table,
                                                unet2d_eps_given_embedding)
 from klsc_lib.diffusion.samplers import sample_ddim
 from klsc_lib.diffusion.schedule import DDPMSchedule
+from klsc_lib.worlds.miniworld.config import PriorConfig
+from klsc_lib.worlds.miniworld.data import IMAGE_SIZE
+from klsc_lib.worlds.miniworld.models import build_unet
 from klsc_lib.worlds.zoo.errors import WeightsFileError
 
 SCHEDULE = DDPMSchedule(100, 1e-3, 0.05)
+SHAPE = (3, IMAGE_SIZE, IMAGE_SIZE)
 
 
 @pytest.fixture(autouse=True)
@@ -27,10 +31,9 @@ def _one_thread(one_thread):
 
 @pytest.fixture(scope="module")
 def unet() -> UNet2DModel:
+    """The mini-world's conditional UNet (with attention), at a tiny width."""
     torch.manual_seed(0)
-    return UNet2DModel(sample_size=8, in_channels=3, out_channels=3, block_out_channels=(8, 16), layers_per_block=1,
-                       down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
-                       norm_num_groups=4, num_class_embeds=5).eval().requires_grad_(False)
+    return build_unet(PriorConfig(channels=(8, 16, 16), norm_groups=4)).eval().requires_grad_(False)
 
 
 def red_mean(x_BCHW: torch.Tensor) -> torch.Tensor:
@@ -39,8 +42,8 @@ def red_mean(x_BCHW: torch.Tensor) -> torch.Tensor:
 
 def test_hooked_embedding_equals_the_class_label(unet):
     """Feeding row y of the table as the embedding reproduces class_labels=y."""
-    x, t = torch.randn(3, 3, 8, 8), torch.tensor([5, 50, 90])
-    labels = torch.tensor([0, 2, 4])
+    x, t = torch.randn(3, *SHAPE), torch.tensor([5, 50, 90])
+    labels = torch.tensor([0, 2, 10])  # 10: the null label
     eps = unet2d_eps_given_embedding(unet)(x, t, class_embedding_table(unet)[labels])
     assert torch.allclose(eps, unet(x, t, class_labels=labels).sample, atol=1e-5)
 
@@ -48,7 +51,7 @@ def test_hooked_embedding_equals_the_class_label(unet):
 def test_ddim_chain_matches_the_project_sampler(unet):
     """ddim_x0 is the same eta = 0 DDIM as klsc_lib.diffusion.samplers.sample_ddim."""
     chain = DDIMChain.from_schedule(SCHEDULE, 6)
-    x_T = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    x_T = torch.randn(2, *SHAPE, generator=torch.Generator().manual_seed(0))
     emb = class_embedding_table(unet)[torch.tensor([1, 3])]
     ours = ddim_x0(unet2d_eps_given_embedding(unet), x_T, emb, chain, clip_x0=(-1, 1))
     labels = torch.tensor([1, 3])
@@ -60,7 +63,7 @@ def test_ddim_chain_matches_the_project_sampler(unet):
 def test_gradient_reaches_the_embedding(unet):
     chain = DDIMChain.from_schedule(SCHEDULE, 5)
     emb = class_embedding_table(unet).mean(dim=0).expand(2, -1).clone().requires_grad_(True)
-    x0 = ddim_x0(unet2d_eps_given_embedding(unet), torch.randn(2, 3, 8, 8), emb, chain, use_checkpoint=True)
+    x0 = ddim_x0(unet2d_eps_given_embedding(unet), torch.randn(2, *SHAPE), emb, chain, use_checkpoint=True)
     red_mean(x0).sum().backward()
     assert torch.isfinite(emb.grad).all() and (emb.grad.abs().sum(dim=1) > 0).all()
 
@@ -68,20 +71,20 @@ def test_gradient_reaches_the_embedding(unet):
 def test_psi_rises_over_optimisation(unet):
     history = []
     emb0 = class_embedding_table(unet).mean(dim=0).expand(3, -1)
-    res = proxy_guidance(red_mean, unet2d_eps_given_embedding(unet), emb0, (3, 8, 8), DDIMChain.from_schedule(SCHEDULE, 5),
+    res = proxy_guidance(red_mean, unet2d_eps_given_embedding(unet), emb0, SHAPE, DDIMChain.from_schedule(SCHEDULE, 5),
                          steps=15, lr=0.2, seeds=[0, 1, 2], callback=lambda d: history.append(d["psi_B"]),
                          disable=True)
     assert (res.psi_B > history[0] + 0.05).all()
-    assert res.x_BCHW.shape == (3, 3, 8, 8) and not torch.equal(res.emb, emb0)
+    assert res.x_BCHW.shape == (3, *SHAPE) and not torch.equal(res.emb, emb0)
 
 
 def test_batch_equals_single_runs(unet):
     emb0 = class_embedding_table(unet)[torch.tensor([0, 4])]
     chain = DDIMChain.from_schedule(SCHEDULE, 4)
     eps = unet2d_eps_given_embedding(unet)
-    batch = proxy_guidance(red_mean, eps, emb0, (3, 8, 8), chain, steps=3, lr=0.1, seeds=[7, 8], disable=True)
+    batch = proxy_guidance(red_mean, eps, emb0, SHAPE, chain, steps=3, lr=0.1, seeds=[7, 8], disable=True)
     for i, seed in enumerate([7, 8]):
-        single = proxy_guidance(red_mean, eps, emb0[i:i + 1], (3, 8, 8), chain, steps=3, lr=0.1, seeds=[seed],
+        single = proxy_guidance(red_mean, eps, emb0[i:i + 1], SHAPE, chain, steps=3, lr=0.1, seeds=[seed],
                                 disable=True)
         assert torch.allclose(batch.x_BCHW[i], single.x_BCHW[0], atol=1e-4)
 
@@ -95,7 +98,7 @@ def test_nan_psi_names_the_step(unet):
 
     emb0 = class_embedding_table(unet)[:2]
     with pytest.raises(FloatingPointError, match="step 2"):
-        proxy_guidance(energy, unet2d_eps_given_embedding(unet), emb0, (3, 8, 8), DDIMChain.from_schedule(SCHEDULE, 3),
+        proxy_guidance(energy, unet2d_eps_given_embedding(unet), emb0, SHAPE, DDIMChain.from_schedule(SCHEDULE, 3),
                        steps=5, disable=True)
 
 

@@ -58,6 +58,6 @@ def test_mean_pairwise_distance_matches_scipy(metric):
 
 def test_diversity_in_a_feature_space():
     x = torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(3))
-    channel_means = lambda x_BCHW: x_BCHW.mean(dim=(2, 3))  # noqa: E731
+    channel_means = lambda x_BCHW: x_BCHW.mean(dim=(2, 3))
     expected = pdist(x.mean(dim=(2, 3)).numpy()).mean()
     assert diversity(x, channel_means).item() == pytest.approx(expected, rel=1e-5)

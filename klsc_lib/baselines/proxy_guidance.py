@@ -256,7 +256,8 @@ def load_sd15(folder: str | Path | None = None, device: str | torch.device = "cp
         raise WeightsFileError(folder, SD15_SOURCE, "folder not found")
     missing = [s for s in SD15_SUBFOLDERS if not (folder / s).is_dir()]
     if missing:
-        raise WeightsFileError(folder, SD15_SOURCE, "not a Stable Diffusion folder: missing " + ", ".join(f"{m}/" for m in missing))
+        listing = ", ".join(f"{m}/" for m in missing)
+        raise WeightsFileError(folder, SD15_SOURCE, f"not a Stable Diffusion folder: missing {listing}")
     transformers = _transformers()
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 
