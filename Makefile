@@ -22,7 +22,7 @@ $(PYTHON):
 $(STAMP): pyproject.toml | $(PYTHON)
 	$(PYTHON) -m pip install --quiet --upgrade pip
 	$(PYTHON) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
-	$(PYTHON) -m pip install --quiet -e ".[notebooks,dev]"
+	$(PYTHON) -m pip install --quiet -e ".[notebooks,dev,paper]"
 	$(PYTHON) -m ipykernel install --sys-prefix --name klsc --display-name "Python (klsc)" >/dev/null
 	touch $@
 
