@@ -12,7 +12,7 @@ PROFILE ?= default
 export HF_HUB_OFFLINE := 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup figures test bench sync clean-figures miniworld
+.PHONY: setup figures test bench sync clean-figures miniworld lab
 
 setup: $(STAMP)
 
@@ -22,7 +22,7 @@ $(PYTHON):
 $(STAMP): pyproject.toml | $(PYTHON)
 	$(PYTHON) -m pip install --quiet --upgrade pip
 	$(PYTHON) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
-	$(PYTHON) -m pip install --quiet -e ".[notebooks,dev]"
+	$(PYTHON) -m pip install --quiet -e ".[notebooks,dev,paper]"
 	$(PYTHON) -m ipykernel install --sys-prefix --name klsc --display-name "Python (klsc)" >/dev/null
 	touch $@
 
@@ -43,3 +43,9 @@ miniworld: $(STAMP)
 # Re-pair notebooks after editing the jupytext .py sources (the .py files are the source of truth).
 sync: $(STAMP)
 	$(ENV_DIR)/bin/jupytext --sync notebooks/*.py
+
+# Open the notebooks in JupyterLab on the project's kernel ("Python (klsc)"). Interactive runs
+# write into a scratch folder (runs/), never into figures/.
+LAB_PORT ?= 8888
+lab: $(STAMP)
+	$(ENV_DIR)/bin/jupyter lab --notebook-dir=notebooks --port=$(LAB_PORT) --ServerApp.ip=127.0.0.1

@@ -1,5 +1,7 @@
-"""Measuring explanations: sample-set distances and concept purity.
+"""Measuring explanations: sample-set distances, image statistics and concept purity.
 
 - :mod:`~klsc_lib.analysis.kde`: the KDE-KL of App I.4 (eq. 212).
+- :mod:`~klsc_lib.analysis.sample_metrics`: high-frequency energy fraction (MACO's
+  signature) and diversity of a sample set.
 - :mod:`~klsc_lib.analysis.monosemanticity`: features vs neurons against known factors (App L.1).
 """
