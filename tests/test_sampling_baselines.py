@@ -180,3 +180,17 @@ def test_task_injected_energy_combines_the_scores():
     energy = 0.5 * psi + 0.25 * g
     torch.testing.assert_close(energy(x), 0.5 * psi(x) + 0.25 * g(x))
     assert math.isclose(float(energy(x[:1])), 0.5 * float(psi(x[:1])))
+
+
+def test_proximal_or_reaches_the_closed_form_maximiser_for_any_beta():
+    """psi = c.x, R = y^2: argmax c.x - beta y^2 has y* = c_y / (2 beta); the proximal iteration
+    finds it even where a plain gradient step (lr * beta >= 1) diverges; x runs into the box."""
+    c = torch.tensor([0.5, 3.0], dtype=torch.float64)
+    starts = sb.uniform_box_starts(16, (-4, 4), generator=gen(2))
+    for beta in (0.5, 50.0, 1000.0):
+        x = sb.optimize_regularized(lambda z: z @ c, None, beta, starts, steps=400, lr=0.05, box=(-4, 4),
+                                    prox=sb.y_axis_prox)
+        torch.testing.assert_close(x[:, 1], torch.full((16,), 3.0 / (2 * beta), dtype=torch.float64))
+        assert torch.all(x[:, 0] == 4.0)
+    with pytest.raises(ValueError, match="regularizer"):
+        sb.optimize_regularized(lambda z: z @ c, None, 1.0, starts, steps=1, lr=0.05, box=(-4, 4))
