@@ -26,7 +26,8 @@ class SamplingPathologiesProfile:
     grid_n: int = 200  # KDE grid cells per axis on [-5, 5]^2 (RM §12)
     boundary_delta: float = 0.25  # B_delta margin (RM §11)
     convergence_target: float = 6.0  # lambda of the exact tilt at this t is used for the step sweep
-    convergence_steps: tuple[int, ...] = (10, 25, 50, 100, 250, 1000)
+    convergence_steps: tuple[int, ...] = (10, 25, 50, 100, 250)
+    exact_guidance_order: int = 12  # Gauss-Hermite nodes per axis for grad log h_t (Theorem G.3)
     drift_target: float = 6.0
     drift_omegas: tuple[float, ...] = (0.0, 0.02, 0.05, 0.1, 0.2, 0.4)
     task_reference: tuple[float, float] = (2.0, -2.0)  # x_ref of g = -||x - x_ref||^2 (eq. 216)
@@ -42,5 +43,5 @@ PROFILES = {
                      drift_omegas=(0.0, 0.1, 0.4), prompt_grid_n=200),
     "default": DEFAULT,
     "paper": replace(DEFAULT, num_steps=1000, calib_max_iter=20,
-                     convergence_steps=(10, 25, 50, 100, 250, 500, 1000)),
+                     convergence_steps=(10, 25, 50, 100, 250, 500, 1000), exact_guidance_order=16),
 }
