@@ -132,8 +132,12 @@ report.metric("ddpm_oracle_mean_psi", float(psi(prior_samples).mean()), note="la
 #
 # One knob per method, the same budget of samples: retrieval's top-$k$ from a pool
 # of prior draws (prefix search, eq. 206), OR's weight $\beta$ for
-# $\max_x\psi(x)-\beta x_{(2)}^2$ by multi-start projected gradient ascent in the box
-# (eqs. 18, 207), EnergyDPS's $\lambda$. A target a method cannot attain is kept and
+# $\max_x\psi(x)-\beta x_{(2)}^2$ by multi-start proximal gradient ascent in the box
+# (eqs. 18, 207: a gradient step on $\psi$, then the closed-form proximal map of
+# $\beta x_{(2)}^2$, which stays stable for the large $\beta$ that $t=5$ needs), EnergyDPS's
+# $\lambda$. For a purely angular $\psi$ the MAP is ill-posed: $\psi$ is constant along
+# rays, so without $R$ there is no maximiser, and with $R$ the optimiser's output is set by
+# the box and the regulariser rather than by the prior. A target a method cannot attain is kept and
 # shown as unreachable. Retrieval's induced law is uniform on its top-$k$ set; it is
 # scored on $n$ draws from that set, so every method is evaluated on the same $n$.
 
@@ -144,7 +148,7 @@ or_starts = sb.uniform_box_starts(cfg.n_samples, cfg.or_box, generator=torch.Gen
 
 
 def or_draw(beta: float) -> torch.Tensor:
-    return sb.optimize_regularized(psi, sb.y_axis_regularizer, beta, or_starts, cfg.or_steps, cfg.or_lr, cfg.or_box)
+    return sb.optimize_regularized(psi, None, beta, or_starts, cfg.or_steps, cfg.or_lr, cfg.or_box, prox=sb.y_axis_prox)
 
 
 methods = ["retrieval", "OR", "EnergyDPS"]

@@ -21,7 +21,7 @@ class SamplingPathologiesProfile:
     or_box: tuple[float, float] = (-4.0, 4.0)  # I.2 box
     or_steps: int = 500
     or_lr: float = 0.05
-    or_beta_bracket: tuple[float, float] = (0.0, 19.5)  # plain ascent on beta*y^2 diverges for beta >= 1/lr
+    or_beta_bracket: tuple[float, float] = (0.0, 1000.0)  # proximal step on beta*y^2: stable for any beta
     kde_bandwidth: float = 0.2  # eq. (212) shared bandwidth h (RM §12)
     grid_n: int = 200  # KDE grid cells per axis on [-5, 5]^2 (RM §12)
     boundary_delta: float = 0.25  # B_delta margin (RM §11)
