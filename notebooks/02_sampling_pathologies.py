@@ -326,11 +326,11 @@ for t in probe_t:
 
 fig, ax = plt.subplots(1, 3, figsize=(15, 3.8))
 steps = list(conv)
-ax[0].plot(steps, [max(conv[s]["exact_ed"], 1e-5) for s in steps], "o-", label="exact guidance (Thm G.3)")
-ax[0].plot(steps, [max(conv[s]["plugin_ed"], 1e-5) for s in steps], "s-", label="EnergyDPS plug-in, same lambda")
-ax[0].axhspan(1e-5, noise_floor, color="0.85", label="Monte Carlo scale")
+ax[0].plot(steps, [max(conv[s]["exact_ed"], 1e-4) for s in steps], "o-", label="exact guidance (Thm G.3)")
+ax[0].plot(steps, [max(conv[s]["plugin_ed"], 1e-4) for s in steps], "s-", label="EnergyDPS plug-in, same lambda")
+ax[0].axhspan(1e-4, noise_floor, color="0.85", label="Monte Carlo scale (exact vs exact)")
 if matched.reached:
-    ax[0].axhline(max(ed_matched, 1e-5), color="C2", ls=":", label=f"plug-in calibrated to t (lambda={matched.knob:.3f})")
+    ax[0].axhline(max(ed_matched, 1e-4), color="C2", ls=":", label=f"plug-in calibrated to t (lambda={matched.knob:.3f})")
 ax[0].set(xscale="log", yscale="log", xlabel="reverse steps", ylabel="energy distance to exact q_lambda",
           title=f"same lambda = {lam_conv:.3f}")
 ax[0].legend(fontsize=7)
@@ -341,20 +341,28 @@ ax[1].set(xscale="log", xlabel="reverse steps", ylabel="mean psi")
 ax[1].legend(fontsize=7)
 ax[2].plot(probe_t, mag["exact"], label="|grad log h_t| (exact)")
 ax[2].plot(probe_t, mag["plug-in"], label="|lambda grad psi(x0-hat)| (plug-in)")
-ax[2].plot(probe_t, cos, "k:", label="cosine (median)")
-ax[2].set(xlabel="diffusion timestep t", yscale="symlog", title="guidance along noised tilt samples")
-ax[2].legend(fontsize=7)
+ax[2].set(xlabel="diffusion timestep t", ylabel="median norm", yscale="log", title="guidance along noised tilt samples")
+ax[2].legend(fontsize=7, loc="upper left")
+ax_cos = ax[2].twinx()
+ax_cos.plot(probe_t, cos, "k:", label="cosine (median)")
+ax_cos.set(ylabel="cosine(exact, plug-in)", ylim=(-1.05, 1.05))
+ax_cos.legend(fontsize=7, loc="lower right")
+for a in ax[:2]:
+    a.set_xticks(steps, [str(s) for s in steps])
+    a.minorticks_off()
 fig.tight_layout()
 report.savefig(fig, "exact_vs_plugin_guidance")
 plt.show()
 
 last = conv[steps[-1]]
+psi_se = float(psi(exact_a).std()) / cfg.n_samples**0.5
 report.claim("exact_guidance_matches_tilt", "Theorem G.3, App G.3-G.4",
              "DDPM with the exact guidance grad log h_t at the tilt's lambda matches exact q_lambda: energy distance "
-             "within 3x the Monte Carlo scale and mean psi within 0.1 of t at the largest step count",
-             ours={"energy_distance": last["exact_ed"], "mc_scale": noise_floor, "mean_psi": last["exact_mean_psi"]},
+             "within 3x the Monte Carlo scale and mean psi within 3 standard errors of t at the largest step count",
+             ours={"energy_distance": last["exact_ed"], "mc_scale": noise_floor, "mean_psi": last["exact_mean_psi"],
+                   "psi_standard_error": psi_se},
              paper="the ideal guided reverse SDE targets the KLSC tilt", kind="paper",
-             holds=last["exact_ed"] <= 3 * noise_floor and abs(last["exact_mean_psi"] - t_conv) <= 0.1)
+             holds=last["exact_ed"] <= 3 * noise_floor and abs(last["exact_mean_psi"] - t_conv) <= 3 * psi_se)
 report.claim("energydps_converges_with_steps", "App G.4",
              "The exact-guidance sampler's energy distance to q_lambda falls to the Monte Carlo scale as steps grow",
              ours={s: conv[s]["exact_ed"] for s in steps}, paper="exact as steps -> inf under the ideal guidance",
