@@ -53,10 +53,10 @@ import torch
 from tqdm.auto import tqdm
 
 from klsc_lib.constraints import gaussian_example as gx
-from klsc_lib.constraints.hard_vs_tilt import (calibrate_lambda, calibrate_tau, log_partition, matched_comparison, tilt,
-                                  tilted_mean, tilted_var, truncate)
-from klsc_lib.constraints.divergences import (kl_between_tilts, kl_tilt, kl_truncation, kl_weights, pinsker_bound,
-                                  tv_between_truncations, tv_unit_gaussians)
+from klsc_lib.constraints.calibration import calibrate_lambda, calibrate_tau, matched_comparison
+from klsc_lib.constraints.divergences import (kl_truncation, kl_weights, pinsker_bound, tv_between_truncations,
+                                              tv_unit_gaussians)
+from klsc_lib.constraints.hard_vs_tilt import kl_between_tilts, kl_tilt, tilt, tilted_var, truncate
 from klsc_lib.worlds.gmm import AngularScore, four_mode_gmm
 from klsc_lib.profiles import get_profile
 from klsc_lib.report import Report
@@ -350,8 +350,7 @@ tau0, lam0 = ref["tau"], ref["lam"]
 hard0, var0 = truncate(mc_law, tau0), float(tilted_var(mc_law, lam0))
 kl_rows = []
 for e in cfg.perturbations:
-    kl_soft_e = float(kl_between_tilts(lam0, lam0 + e, log_partition(mc_law, lam0), log_partition(mc_law, lam0 + e),
-                                       tilted_mean(mc_law, lam0)))
+    kl_soft_e = float(kl_between_tilts(mc_law, lam0, lam0 + e))
     kl_rows.append({"eps": e, "shell_mass": float(mc_law.survival(tau0) - mc_law.survival(tau0 + e)),
                     "KL_hard": float(kl_weights(hard0.log_weights, truncate(mc_law, tau0 + e).log_weights)),
                     "KL_soft": kl_soft_e, "KL_soft_over_half_eps2_var": kl_soft_e / (0.5 * e**2 * var0)})
@@ -395,7 +394,7 @@ for r in grid_rows:
     lam = calibrate_lambda(grid_law, t_tau, cfg.lam_max, tol=1e-14, max_iter=cfg.bisect_max_iter)
     hard, soft = truncate(grid_law, tau), tilt(grid_law, lam)
     kl_h = float(kl_truncation(grid_law.log_survival(tau)))
-    kl_s = float(kl_tilt(lam, log_partition(grid_law, lam), tilted_mean(grid_law, lam)))
+    kl_s = float(kl_tilt(grid_law, lam))
     kl_hs = float(kl_weights(hard.log_weights, soft.log_weights))
     tv_hs = r["tv_hard_soft"]
     d14_rows.append({"t": r["t"], "tau": tau, "t_tau": t_tau, "lam": lam, "KL_hard": kl_h, "KL_soft": kl_s,

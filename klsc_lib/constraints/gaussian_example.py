@@ -1,5 +1,5 @@
 """The canonical Gaussian example of App D.4.4 in closed form (eqs. 109-140,
-Prop. D.13; RM §6) and Theorem D.14's gap for it (RM §7).
+Prop. D.13) and Theorem D.14's gap for it (App D.5).
 
 Y = psi(X) ~ N(0, 1) under p. The hard threshold tau reaches t = r(tau) (inverse
 Mills ratio); the KLSC tilt q_lambda is N(lambda, 1), so t = lambda. Matched
@@ -12,9 +12,9 @@ import math
 
 import torch
 
-from klsc_lib.constraints.hard_vs_tilt import (calibrate_lambda, log_partition, tilt, tilted_mean, tilted_mean_abs_dev,
-                                  tilted_var, truncate)
-from klsc_lib.constraints.divergences import kl_tilt, kl_truncation, kl_weights
+from klsc_lib.constraints.calibration import calibrate_lambda
+from klsc_lib.constraints.divergences import kl_truncation, kl_weights
+from klsc_lib.constraints.hard_vs_tilt import kl_tilt, tilt, tilted_mean_abs_dev, tilted_var, truncate
 from klsc_lib.constraints.score_variable import EmpiricalScore, Scalar, StandardNormalScore, inverse_mills_ratio, midpoint_grid_1d
 
 NORMAL = StandardNormalScore()
@@ -48,12 +48,12 @@ def kl_soft(t: Scalar) -> torch.Tensor:
 
 def interpretability_gap(tau: Scalar) -> torch.Tensor:
     """KL(p_tau || p) - KL(q* || p) at matched mean = -log Phi_bar(tau) - r(tau)^2 / 2,
-    which Theorem D.14 makes equal to KL(p_tau || q*) >= 0 (RM §7)."""
+    which Theorem D.14 makes equal to KL(p_tau || q*) >= 0 (App D.5)."""
     return kl_hard(tau) - kl_soft(inverse_mills_ratio(tau))
 
 
 def boundary_mass_soft(tau: Scalar, lam: Scalar, delta: float) -> torch.Tensor:
-    """B_delta(q_lambda | A_tau) = 1 - Phi_bar(tau + delta - lambda) / Phi_bar(tau - lambda) (RM §3)."""
+    """B_delta(q_lambda | A_tau) = 1 - Phi_bar(tau + delta - lambda) / Phi_bar(tau - lambda) (Lemma D.7)."""
     shifted = _t(tau) - _t(lam)
     return -torch.expm1(NORMAL.log_survival(shifted + delta) - NORMAL.log_survival(shifted))
 
@@ -103,7 +103,7 @@ def numeric_anchor_row(law: EmpiricalScore, tau: float, delta: float, lam_max: f
     lam = calibrate_lambda(law, t, lam_max, tol=tol)
     hard, soft = truncate(law, tau), tilt(law, lam)
     kl_h = float(kl_truncation(law.log_survival(tau)))
-    kl_s = float(kl_tilt(lam, log_partition(law, lam), tilted_mean(law, lam)))
+    kl_s = float(kl_tilt(law, lam))
     return {
         "tau": tau, "t": t, "m": float(law.mean_residual_life(tau)),
         "v_hard": 1 / float(law.mean_residual_life(tau)),

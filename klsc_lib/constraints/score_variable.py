@@ -1,4 +1,4 @@
-"""The 1-D score-variable view of App D.2-D.4 (RM §3-§6).
+"""The 1-D score-variable view of paper App D.2-D.4.
 
 Everything the hard constraint and KLSC do to a prior p is seen through the scalar
 Y = psi(X), X ~ p: its survival S(tau) = P(Y >= tau) (the mass of the upper set
@@ -37,7 +37,7 @@ def inverse_mills_ratio(tau: Scalar) -> torch.Tensor:
 
 
 class StandardNormalScore:
-    """Y ~ N(0, 1) (eq. 109): the closed forms of App D.4.4 (RM §6)."""
+    """Y ~ N(0, 1) (eq. 109): the closed forms of App D.4.4."""
 
     lower = -math.inf
     upper = math.inf
