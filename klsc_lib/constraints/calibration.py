@@ -10,7 +10,8 @@ find the knob of a method whose achieved mean score hits a target level t.
   threshold on a score law (eqs. 199-201), batched over levels t.
 - :func:`calibrate_knob`: a stochastic method (each knob value draws a sample set),
   stopped at the first knob within tolerance; only the closest sample set is kept.
-- :func:`matched_comparison`: App H.4's metrics of both families at one level t.
+- :func:`matched_comparison`: App H.4's metrics of both families at one level t;
+  :func:`summarize_seeds` their mean and spread over seeds.
 
 Every solver raises :class:`UnreachableTarget`, naming the attainable range, when a
 target lies outside what the knob bracket can reach.
@@ -24,7 +25,7 @@ from typing import Callable, Protocol
 import torch
 
 from klsc_lib.constraints.divergences import kl_truncation, kl_weights, tv_weights
-from klsc_lib.constraints.hard_vs_tilt import kl_tilt, tilt, tilted_mean, truncate
+from klsc_lib.constraints.hard_vs_tilt import kl_tilt, tilt, tilted_mean, truncate, v_hard, v_soft
 from klsc_lib.constraints.score_variable import EmpiricalScore, Scalar
 
 
@@ -155,7 +156,9 @@ def matched_comparison(law: EmpiricalScore, t: float, delta: float, eps: float, 
       for p_tau and for q_lambda conditioned on A_tau (Def. 2.3, eq. 202);
     - finite-step instability TV(q_t, q_{t+eps}) after re-calibrating at t + eps (eq. 203);
     - KL(q || p): -log S(tau) and lambda t - A(lambda) (Lemma D.1, Remark D.5);
-    - ``kl_hard_soft`` = KL(p_tau || q_lambda) and ``tv_hard_soft`` between the two.
+    - ``kl_hard_soft`` = KL(p_tau || q_lambda) and ``tv_hard_soft`` between the two;
+    - the local TV speeds ``v_hard`` = 1 / m(tau) and ``v_soft`` = E_q|psi - t| / (2 Var_q psi)
+      (Lemmas D.11-D.12), the eps -> 0 limits of TV / eps.
     """
     levels = torch.tensor([t, t + eps], dtype=torch.float64)
     tau, tau2 = calibrate_tau(law, levels, tol=tol, max_iter=max_iter).tolist()
@@ -171,7 +174,21 @@ def matched_comparison(law: EmpiricalScore, t: float, delta: float, eps: float, 
         "KL_soft": float(kl_tilt(law, lam)),
         "kl_hard_soft": float(kl_weights(hard.log_weights, soft.log_weights)),
         "tv_hard_soft": float(tv_weights(hard.log_weights, soft.log_weights)),
+        "v_hard": float(v_hard(law, tau)), "v_soft": float(v_soft(law, lam)),
     }
+
+
+def summarize_seeds(rows_by_seed: list[list[dict[str, float]]]) -> list[dict[str, float]]:
+    """Mean and standard deviation over seeds of :func:`matched_comparison` rows (one
+    list of rows per seed, same levels in the same order): key ``k`` holds the mean,
+    ``k_std`` the standard deviation (ddof 1), ``n_seeds`` the count."""
+    out = []
+    for rows in zip(*rows_by_seed):
+        v = {k: torch.tensor([r[k] for r in rows], dtype=torch.float64) for k in rows[0]}
+        out.append({**{k: float(x.mean()) for k, x in v.items()},
+                    **{f"{k}_std": float(x.std()) if len(rows) > 1 else 0.0 for k, x in v.items()},
+                    "n_seeds": len(rows)})
+    return out
 
 
 @dataclass(frozen=True)

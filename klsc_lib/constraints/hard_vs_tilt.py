@@ -20,6 +20,8 @@ reweightings of the same sample, so any two of them compare exactly over it
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import torch
 
 from klsc_lib.constraints.score_variable import EmpiricalScore, Scalar
@@ -114,3 +116,55 @@ def task_distortion_lower_bound(task_law: EmpiricalScore, s: float, eta_max: flo
     best = minimize_scalar(lambda eta: -(eta * s - float(log_partition(task_law, eta))),
                            bounds=(0.0, eta_max), method="bounded", options={"xatol": 1e-9})
     return max(-float(best.fun), 0.0)
+
+
+class _TailLaw(Protocol):
+    def log_survival(self, tau: Scalar) -> torch.Tensor: ...
+
+    def truncated_mean(self, tau: Scalar) -> torch.Tensor: ...
+
+    def mean_residual_life(self, tau: Scalar) -> torch.Tensor: ...
+
+
+def v_hard(law: _TailLaw, tau: Scalar) -> torch.Tensor:
+    """Local TV speed of the hard path in the faithfulness level, 1 / m(tau) (Lemma D.11,
+    eq. 91); any score law with a mean residual life (the Gaussian: 1 / (r - tau), eq. 115)."""
+    return 1 / law.mean_residual_life(tau)
+
+
+def v_soft(law: EmpiricalScore, lam: Scalar) -> torch.Tensor:
+    """Local TV speed of the KLSC path, E_q|psi - t| / (2 Var_q psi) (Lemma D.12, eq. 101)."""
+    return tilted_mean_abs_dev(law, lam) / (2 * tilted_var(law, lam))
+
+
+def mean_instability_hard(law: _TailLaw, tau1: float, tau2: float) -> float:
+    """bar I_hard over [t(tau1), t(tau2)]: the accumulated hazard
+    (log S(tau1) - log S(tau2)) / (t2 - t1) (App D.4, eqs. 102-106; the Gaussian eq. 118)."""
+    dt = law.truncated_mean(tau2) - law.truncated_mean(tau1)
+    return float((law.log_survival(tau1) - law.log_survival(tau2)) / dt)
+
+
+def mean_instability_soft(law: EmpiricalScore, lam1: float, lam2: float, n: int = 401) -> float:
+    """bar I_soft over [A'(lam1), A'(lam2)]: the accumulated mean absolute deviation
+    1 / (2 (t2 - t1)) int_{lam1}^{lam2} E_q|psi - A'(lambda)| dlambda (App D.4, eq. 107),
+    by Simpson's rule on ``n`` (odd) nodes."""
+    from scipy.integrate import simpson
+
+    lam_L = torch.linspace(lam1, lam2, n | 1, dtype=torch.float64, device=law.values.device)
+    mad = torch.cat([tilted_mean_abs_dev(law, chunk) for chunk in lam_L.split(16)]).cpu().numpy()  # (16, N) at a time
+    dt = float(tilted_mean(law, lam2) - tilted_mean(law, lam1))
+    return float(simpson(mad, x=lam_L.cpu().numpy())) / (2 * dt)
+
+
+def finite_step_speeds(law: EmpiricalScore, tau: float, lam: float, step: float) -> tuple[float, float]:
+    """Finite versions of the local speeds: TV / |delta t| for central knob steps
+    tau +- step (TV = 1 - S(tau+) / S(tau-), Lemma D.10) and lambda +- step (TV over the
+    common sample); they tend to :func:`v_hard` and :func:`v_soft` as step -> 0
+    (Lemmas D.11-D.12), with an O(step) error."""
+    from klsc_lib.constraints.divergences import tv_between_truncations, tv_weights
+
+    lo, hi = tau - step, tau + step
+    hard = tv_between_truncations(law.survival(lo), law.survival(hi)) / (law.truncated_mean(hi) - law.truncated_mean(lo))
+    soft = tv_weights(tilt(law, lam - step).log_weights, tilt(law, lam + step).log_weights) / (
+        tilted_mean(law, lam + step) - tilted_mean(law, lam - step))
+    return float(hard), float(soft)
