@@ -50,16 +50,18 @@ from tqdm.auto import tqdm
 
 from klsc_lib.analysis import kde
 from klsc_lib.baselines import gmm as sb
-from klsc_lib.constraints import tilt_reference as tr
-from klsc_lib.constraints.calibration import UnreachableTarget
+from klsc_lib.constraints.calibration import UnreachableTarget, calibrate_knob, calibrate_lambda
+from klsc_lib.constraints.divergences import kl_weights
+from klsc_lib.constraints.hard_vs_tilt import (effective_sample_size, kl_tilt, resample, task_distortion_lower_bound,
+                                               tilt)
+from klsc_lib.constraints.score_variable import EmpiricalScore
 from klsc_lib.diffusion.energy_dps import guidance_step, sample_energy_dps_ddpm
 from klsc_lib.diffusion.exact_guidance import ExactTiltGuidance
-from klsc_lib.energies import angular_energy, reference_energy
 from klsc_lib.diffusion.gmm_oracle import GMMOracle, gmm_oracle_prior
 from klsc_lib.diffusion.samplers import sample_ddpm, spaced_timesteps
 from klsc_lib.diffusion.schedule import DDPMSchedule
+from klsc_lib.energies import angular_energy, reference_energy
 from klsc_lib.worlds.gmm import four_mode_gmm
-from klsc_lib.constraints.matched_calibration import calibrate_knob
 from klsc_lib.profiles import get_profile
 from klsc_lib.report import Report
 from klsc_lib.runtime import resolve_device, seed_everything
@@ -93,9 +95,10 @@ targets = list(cfg.targets)
 
 ref_pool = gmm.sample(cfg.reference_pool, generator=gen)
 ref_psi = psi(ref_pool)
-lam_exact = {t: tr.calibrate_tilt(ref_psi, t) for t in targets}
-kl_exact = {t: tr.kl_to_prior(lam_exact[t] * ref_psi) for t in targets}
-exact_samples = {t: tr.resample_tilt(ref_pool, lam_exact[t] * ref_psi, cfg.n_samples, gen) for t in targets}
+ref_law = EmpiricalScore(ref_psi)
+lam_exact = {t: calibrate_lambda(ref_law, t) for t in targets}
+kl_exact = {t: float(kl_tilt(ref_law, lam_exact[t])) for t in targets}
+exact_samples = {t: resample(tilt(ref_law, lam_exact[t]), ref_pool, cfg.n_samples, gen) for t in targets}
 report.metric("prior_mean_psi", float(ref_psi.mean()), note="E_p psi; every t above it makes the constraint active")
 report.metric("exact_tilt_lambda", lam_exact)
 report.metric("exact_tilt_kl", kl_exact, note="KL(q*_t||p) = lambda t - A(lambda), importance-weighted prior pool")
@@ -295,7 +298,8 @@ report.claim("fig3_energydps_smooth_in_t", "Sec 2.3, Fig 3",
 t_conv = cfg.convergence_target
 lam_conv = lam_exact[t_conv]
 exact_a = exact_samples[t_conv]
-noise_eds = [kde.energy_distance(exact_a, tr.resample_tilt(ref_pool, lam_conv * ref_psi, cfg.n_samples, gen))
+# Monte Carlo scale of the energy distance at this n: independent exact sample sets against exact_a
+noise_eds = [kde.energy_distance(exact_a, resample(tilt(ref_law, lam_conv), ref_pool, cfg.n_samples, gen))
              for _ in range(3)]
 noise_floor = max(abs(v) for v in noise_eds)
 exact_guided = ExactTiltGuidance(oracle, psi, lam_conv, order=cfg.exact_guidance_order)
@@ -393,8 +397,8 @@ report.claim("plugin_overshoots_same_lambda", "App G.3 (plug-in approximation), 
 # conditioned on the same $A_\tau$ (Lemmas D.6-D.7).
 
 # %%
-ess = {lam: tr.effective_sample_size(lam * pool_psi) for lam in cfg.retrieval_lambdas}
-max_w = {lam: float(tr.tilt_log_weights(lam * pool_psi).exp().max()) for lam in cfg.retrieval_lambdas}
+ess = {lam: effective_sample_size(EmpiricalScore(pool_psi, lam * pool_psi)) for lam in cfg.retrieval_lambdas}
+max_w = {lam: float(EmpiricalScore(pool_psi, lam * pool_psi).weights.max()) for lam in cfg.retrieval_lambdas}
 on_pool_dps = {}
 boundary = {}
 for t in targets:
@@ -516,14 +520,16 @@ dps_drift = {}
 drift_samples = {}
 for omega in tqdm(cfg.drift_omegas, desc="object drift"):
     try:
-        lam_w = tr.calibrate_tilt(ref_psi, t_d, base_energy_N=omega * ref_g)
+        lam_w = calibrate_lambda(EmpiricalScore(ref_psi, omega * ref_g), t_d)
     except UnreachableTarget as err:
         drift[omega] = {"reached": False, "message": str(err)}
         continue
     energy_w = lam_w * ref_psi + omega * ref_g
-    s = tr.tilted_mean(ref_g, energy_w)
-    bound = tr.task_distortion_lower_bound(ref_g, base_energy, s)
-    drift[omega] = {"reached": True, "lambda": lam_w, "E_g": s, "kl_to_feature_tilt": tr.kl_between_tilts(energy_w, base_energy),
+    s = float(EmpiricalScore(ref_g, energy_w).mean())
+    bound = task_distortion_lower_bound(EmpiricalScore(ref_g, base_energy), s)
+    drift[omega] = {"reached": True, "lambda": lam_w, "E_g": s,
+                    "kl_to_feature_tilt": float(kl_weights(EmpiricalScore(ref_g, energy_w).log_weights,
+                                                           EmpiricalScore(ref_g, base_energy).log_weights)),
                     "thm_E3_lower_bound": bound}
     res = calibrate_knob(lambda lam, om=omega: energy_dps_draw(1.0, energy=lam * psi + om * task),
                          psi, t_d, *cfg.lam_bracket, cfg.tol, cfg.calib_max_iter, method=f"EnergyDPS omega={omega:g}",

@@ -23,10 +23,9 @@ from typing import Callable
 
 import torch
 
-from klsc_lib.constraints.calibration import bisect_increasing
+from klsc_lib.constraints.calibration import Calibrated, solve_scalar
 from klsc_lib.worlds.gmm import GaussianMixture
 from klsc_lib.analysis.kde import Grid2D
-from klsc_lib.constraints.matched_calibration import Calibrated
 from klsc_lib.energies.base import ScoreFn as Score
 
 # ---- Methodology I: retrieval -------------------------------------------------------------
@@ -127,9 +126,9 @@ def calibrate_prompt_weights(prior_weights_K: torch.Tensor, component_means_K: t
                              lo: float = 0.0, hi: float = 50.0) -> tuple[float, torch.Tensor]:
     """(lambda, w) with sum_k w_k m_k = target; the best any prompt can do is max_k m_k,
     beyond which :class:`~klsc_lib.constraints.calibration.UnreachableTarget` is raised."""
-    lam = bisect_increasing(
+    lam = solve_scalar(
         lambda l: float((prompt_family_weights(prior_weights_K, component_means_K, l) * component_means_K).sum()),
-        target, lo, hi, tol=1e-10, max_iter=200, what="prompt strength lambda")
+        target, lo, hi, what="prompt strength lambda")
     return lam, prompt_family_weights(prior_weights_K, component_means_K, lam)
 
 
@@ -175,8 +174,8 @@ class PromptFamily:
 
     def tilt_lambda(self, target: float, hi: float = 50.0) -> float:
         """lambda* with E_{q_lambda} psi = target (eq. 61 is increasing in lambda)."""
-        return bisect_increasing(lambda lam: self._integrate(self.tilt_log_density(lam).exp() * self.psi_G),
-                                 target, 0.0, hi, tol=1e-10, max_iter=200, what="tilt strength lambda")
+        return solve_scalar(lambda lam: self._integrate(self.tilt_log_density(lam).exp() * self.psi_G),
+                            target, 0.0, hi, what="tilt strength lambda")
 
     def tilt_kl_to_prior(self, lam: float) -> float:
         log_q_G = self.tilt_log_density(lam)
