@@ -101,12 +101,15 @@ class Transcoder(nn.Module):
         y_BCHW = torch.einsum("bfhw,fc->bchw", acts_BFHW, self.W_dec_FC) + self.b_dec_C[:, None, None]
         return y_BCHW / self.out_scale
 
-    def forward(self, x_BCHW: torch.Tensor, return_acts: bool = False
-                ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """Prediction of the target from the raw block input (and the codes)."""
-        acts_BFHW = self.encode(x_BCHW)
+    def forward(self, x_BCHW: torch.Tensor, return_acts: bool = False, return_pre: bool = False
+                ) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        """Prediction of the target from the raw block input (and the codes, and the
+        pre-activations, which the trainer's optional AuxK loss reads)."""
+        acts_BFHW, pre_BFHW = self.encode(x_BCHW, return_pre=True)
         y_BCHW = self.decode(acts_BFHW)
-        return (y_BCHW, acts_BFHW) if return_acts else y_BCHW
+        if not (return_acts or return_pre):
+            return y_BCHW
+        return (y_BCHW, acts_BFHW, pre_BFHW) if return_pre else (y_BCHW, acts_BFHW)
 
     # ------------------------------------------------------------------ parameter maintenance
     @torch.no_grad()
