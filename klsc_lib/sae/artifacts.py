@@ -29,6 +29,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from klsc_lib.interfaces import HookedBackbone, World
+from klsc_lib.paper_values import TRANSCODER
 from klsc_lib.runtime import atomic_path, atomic_write_text, cache_dir, config_hash
 from klsc_lib.sae.activation_cache import ActivationCache, cached_activations
 from klsc_lib.sae.topk_index import TopKIndex, index_maps
@@ -60,6 +61,19 @@ class TranscoderRecipe:
     shard_size: int = 1000
     cache_batch_size: int = 250
     aux_k: int = 0  # AuxK (Gao et al. 2024); 0 = off, as in the paper (App J.1)
+
+    def beside_paper(self, block: str, hook_shape: tuple[int, int, int], n_images: int
+                     ) -> list[tuple[str, Any, Any]]:
+        """(setting, ours, paper's) rows for the settings table of notebook 03 (App J.1)."""
+        p = TRANSCODER
+        c, h, w = hook_shape
+        return [("hook", block, p["hook"]), ("hook map", f"{c}x{h}x{w}", "x".join(map(str, p["hook_shape"]))),
+                ("k (TopK)", self.k, p["k"]), ("expansion", self.expansion, p["expansion"]),
+                ("kernel", f"{self.kernel_size}x{self.kernel_size}", f"{p['kernel_size']}x{p['kernel_size']}"),
+                ("steps x batch", f"{self.steps} x {self.batch_size}", "(not published)"),
+                ("images seen", self.steps * self.batch_size, p["num_images"]),
+                ("distinct images", n_images, "ImageNet-1K train"), ("lr", self.lr, p["lr"]),
+                ("AuxK latents", self.aux_k, "none" if not p["aux_loss"] else "?")]
 
     def model_config(self, d_in: int, d_out: int) -> TranscoderConfig:
         return TranscoderConfig(d_in=d_in, d_out=d_out, d_sae=self.expansion * d_in, k=self.k,

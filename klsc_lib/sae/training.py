@@ -38,7 +38,7 @@ BatchSource = Callable[[int], Iterator[Batch]]  # start_step -> this rank's batc
 @dataclass(frozen=True)
 class TrainConfig:
     steps: int
-    lr: float = 1e-4  # RM §13 J.1
+    lr: float = 1e-4  # App J.1
     betas: tuple[float, float] = (0.9, 0.999)
     warmup_steps: int = 0
     decay_frac: float = 0.2  # linear decay to 0 over the last fraction of steps
@@ -102,7 +102,7 @@ def _is_primary() -> bool:
 def init_from_sample_(model: Transcoder, in_BCHW: torch.Tensor, out_BCHW: torch.Tensor,
                       dataset_norm: bool = True) -> None:
     """Data-dependent initialisation from a sample of cached activations: dataset-wise
-    normalisation factors (RM §13 J.1) and the decoder bias at the target mean."""
+    normalisation factors (the authors' release, App J.1) and the decoder bias at the target mean."""
     y = hook_target(model.cfg, in_BCHW, out_BCHW).float()
     if dataset_norm:
         model.set_dataset_norm_(in_BCHW.float().norm(dim=1).mean().item(), y.norm(dim=1).mean().item())
