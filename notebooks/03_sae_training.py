@@ -87,14 +87,13 @@ for aux, fit in fits.items():
     label = f"AuxK k_aux={aux}" if aux else "no aux loss (paper)"
     for ax, values in zip(axes, (fit.history.fvu, fit.history.l0, fit.history.dead_frac)):
         ax.plot(fit.history.step, values, label=label)
-axes[0].axhline(1 - cfg.ev_target, ls="--", c="k", label=f"target FVU {1 - cfg.ev_target:.2f}")
-axes[0].set(yscale="log", xlabel="step", ylabel="FVU (train batch)", title="Unexplained variance")
-axes[1].axhline(r.k, ls=":", c="k", label=f"k = {r.k}")
-axes[1].set(xlabel="step", ylabel="non-zeros per position", title="L0")
-axes[2].axhline(cfg.dead_target, ls="--", c="k", label=f"target {cfg.dead_target:.0%}")
-axes[2].set(xlabel="step", ylabel=f"silent for {r.dead_window} steps", title="Dead fraction")
-for ax in axes:
+for ax, ref, ylabel, title in zip(axes, (1 - cfg.ev_target, r.k, cfg.dead_target), ("FVU (train batch)",
+                                  "non-zeros per position", f"silent for {r.dead_window} steps"),
+                                  ("Unexplained variance (target dashed)", "L0 (k dashed)", "Dead fraction (target dashed)")):
+    ax.axhline(ref, ls="--", c="k")
+    ax.set(xlabel="step", ylabel=ylabel, title=title)
     ax.legend(fontsize=8)
+axes[0].set_yscale("log")
 fig.suptitle(f"Transcoder training at {world.backbone.block_name}: {r.expansion * d_in} features, k={r.k}, "
              f"{r.kernel_size}x{r.kernel_size} encoder")
 report.savefig(fig, "training_curves")
@@ -106,10 +105,8 @@ for aux, fit in fits.items():
     ho = fit.held_out
     print(f"{tag:>7}: held-out EV {ho.explained_variance:.3f}, L0 {ho.l0:.2f}, dead {ho.dead_frac:.3f}, "
           f"trained in {fit.train_seconds:.0f} s ({fit.folder.name})")
-    report.metric(f"{tag}/explained_variance", ho.explained_variance, note="held-out, float64, global channel mean")
-    report.metric(f"{tag}/l0", ho.l0, paper=TRANSCODER["k"])
-    report.metric(f"{tag}/dead_frac", ho.dead_frac, note="never fires on the held-out images")
-    report.metric(f"{tag}/train_seconds", round(fit.train_seconds, 1))
+    report.metric(f"{tag}/held_out", dict(asdict(ho), train_seconds=round(fit.train_seconds, 1)), paper={
+        "l0": TRANSCODER["k"]}, note="held-out images, float64 EV; dead = never fires on them")
 ho = main.held_out
 report.claim("ev_target", "App J.1", f"without an aux loss the transcoder reaches explained variance >= "
              f"{cfg.ev_target} (the paper's target was not published)", ho.explained_variance, None,
@@ -137,8 +134,7 @@ if cfg.label_factor is not None:
     acc_spliced = classification_accuracy(world.backbone, test_subset, cfg.label_factor, 256, dev,
                                           transcoder=main.model)
     print(f"accuracy: original {acc:.3f}, spliced {acc_spliced:.3f}")
-    report.metric("accuracy_original", acc)
-    report.metric("accuracy_spliced", acc_spliced)
+    report.metric("accuracy", {"original": acc, "spliced": acc_spliced})
     report.claim("spliced_accuracy", "Sec 3.1 (faithful replacement)", "splicing the transcoder into the block keeps "
                  "the backbone's accuracy within 5 points", {"original": acc, "spliced": acc_spliced}, None,
                  acc - acc_spliced <= 0.05, kind="ours", threshold=0.05)
@@ -271,12 +267,10 @@ for block, (steps, res) in runs.items():
     report.metric(f"depth/{block}", {"steps": steps, **asdict(res)})
 fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), layout="constrained")
 names = [f"{b.replace('stages.', 's').replace('.blocks.', '.b')}\n{s} steps" for b, (s, _) in runs.items()]
-axes[0].bar(names, [res.explained_variance for _, res in runs.values()], color="tab:blue")
-axes[0].axhline(cfg.ev_target, ls="--", c="k", label="target")
-axes[0].set(ylabel="held-out explained variance", title="Reconstruction by hook depth (shallow to deep)")
-axes[0].legend()
-axes[1].bar(names, [res.dead_frac for _, res in runs.values()], color="tab:orange")
-axes[1].set(ylabel="dead fraction", title="Dead features by hook depth")
+for ax, key, ylabel in zip(axes, ("explained_variance", "dead_frac"), ("held-out explained variance", "dead fraction")):
+    ax.bar(names, [getattr(res, key) for _, res in runs.values()], color="tab:blue")
+    ax.set(ylabel=ylabel, title=f"{ylabel} by hook depth (shallow to deep)")
+axes[0].axhline(cfg.ev_target, ls="--", c="k")
 fig.suptitle("Transcoders at three depths (precondition of paper Table 8, App L.2.1)")
 report.savefig(fig, "layer_ablation")
 plt.show()
