@@ -1,0 +1,426 @@
+"""Explanation runs (paper Sec 3.1-3.2, App J.2-J.4, L.4): explain a list of units
+(transcoder features or backbone neurons) with every method of
+:data:`klsc_lib.paper_values.METHODS` on one intrinsic score psi, each method's knob
+calibrated per unit to the same target level t (the mean psi of the unit's top-k real
+images, Sec 3.2), batched across units (one batch mixes units), and written to the
+:class:`~klsc_lib.samples_store.SamplesStore` (units already stored are skipped).
+
+- :func:`topk_targets`: dataset search on the same psi units; t_U and the top images.
+- :func:`run_energy_dps`: EnergyDPS (Algorithm 1); with ``cap=None`` the per-unit cap
+  c_U is calibrated by the batched bisection of
+  :func:`klsc_lib.constraints.calibration.bisect` (common random numbers: every
+  evaluation redraws the same per-sample seeds), keeping per unit the sample set
+  whose mean psi came closest to t.
+- :func:`run_maco`, :func:`run_proxy`: MACO (App J.3.1) and DiffExplainer-style proxy
+  guidance (App J.3.2) with the clip cap at t; their knob is the number of
+  optimisation steps, chosen per unit in ONE run as the first step whose mean psi
+  reaches t (a run of s steps is a prefix of a longer run with the same seeds, so
+  this is exact, and cheaper than bisection).
+- :func:`explain`: any of the above through the store, returning per-unit psi.
+
+:func:`paper_config` is the authors' release (1000 DDPM steps, the gradient through the
+denoiser, scale 1.0, cap 15). Their cap acts on the BATCH MEAN of psi (batch 1 per
+process); ours acts per sample, which is the same at batch 1 and keeps the samples of
+a batch independent. :func:`fast_config` is ours: respaced DDPM, Jacobian-free
+guidance, the strength scaled so that lambda x steps stays that of the paper.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from dataclasses import asdict, dataclass, replace
+from typing import Callable, Literal, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from klsc_lib.baselines.dataset_search import DatasetSearchResult, dataset_search
+from klsc_lib.baselines.maco import MacoPrior, buffer_to_image, crop_resize, maco
+from klsc_lib.baselines.proxy_guidance import (DDIMChain, class_embedding_table, proxy_guidance,
+                                               unet2d_eps_given_embedding)
+from klsc_lib.constraints.calibration import bisect
+from klsc_lib.diffusion.energy_dps import sample_energy_dps_ddim, sample_energy_dps_ddpm
+from klsc_lib.diffusion.samplers import spaced_timesteps
+from klsc_lib.energies import Energy, feature_score, neuron_score
+from klsc_lib.energies.features import feature_pre_activation
+from klsc_lib.energies.reductions import reduce_map
+from klsc_lib.interfaces import HookedBackbone, Prior, World
+from klsc_lib.paper_values import ENERGYDPS, FEATURE_SCORE
+from klsc_lib.samples_store import SamplesStore
+from klsc_lib.sae.transcoder import Transcoder
+
+UnitKind = Literal["Feature", "Neuron"]
+
+
+# ---------------------------------------------------------------- units and their psi
+@dataclass(frozen=True)
+class Units:
+    """What is explained: ``kind`` units of ``backbone`` (through ``transcoder`` for
+    features), scored by the reduction of App J.2 (eq. 213)."""
+
+    kind: UnitKind
+    backbone: HookedBackbone
+    transcoder: Transcoder | None = None
+    reduction: str = FEATURE_SCORE["reduction"]
+    center_frac: float = FEATURE_SCORE["center_frac"]
+    alpha: float = FEATURE_SCORE["alpha"]
+    image_size: int = 16  # of the world's images (to count the hooked block's channels)
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("Feature", "Neuron"):
+            raise ValueError(f"unit kind must be 'Feature' or 'Neuron', got {self.kind!r}")
+        if self.kind == "Feature" and self.transcoder is None:
+            raise ValueError("feature units need the transcoder")
+
+    @property
+    def count(self) -> int:
+        if self.kind == "Feature":
+            return self.transcoder.cfg.d_sae
+        with torch.no_grad():  # the hooked block's output channels
+            probe = torch.zeros(1, 3, self.image_size, self.image_size, device=next(self.backbone.parameters()).device)
+            return int(self.backbone.hook_io(probe)[1].shape[1])
+
+    def check(self, units_U: Sequence[int] | torch.Tensor) -> torch.Tensor:
+        """``units_U`` as a long tensor; unknown ids raise before anything is sampled."""
+        units = torch.as_tensor(units_U)
+        if units.ndim != 1 or units.dtype.is_floating_point or units.dtype == torch.bool:
+            raise ValueError(f"units must be a 1-D sequence of integer ids, got {units_U!r}")
+        n = self.count
+        bad = sorted({int(u) for u in units if not 0 <= int(u) < n})
+        if bad:
+            raise ValueError(f"unknown {self.kind.lower()} ids {bad[:8]}: valid ids are in [0, {n})")
+        if len(set(units.tolist())) != len(units):
+            raise ValueError("unit ids must be distinct")
+        return units.long()
+
+    def energy(self, units_B: torch.Tensor) -> Energy:
+        """psi of one unit per sample."""
+        kw = dict(reduction=self.reduction, center_frac=self.center_frac, alpha=self.alpha)
+        if self.kind == "Feature":
+            return feature_score(self.backbone, self.transcoder, units_B, **kw)
+        return neuron_score(self.backbone, units_B, **kw)
+
+    def scores(self, units_U: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+        """x_BCHW -> psi_BU for all U units on every image (dataset search)."""
+        def psi_BU(x_BCHW: torch.Tensor) -> torch.Tensor:
+            block_in, block_out = self.backbone.hook_io(x_BCHW)
+            maps = []
+            for u in units_U.tolist():
+                if self.kind == "Feature":
+                    maps.append(feature_pre_activation(self.transcoder, block_in, torch.tensor(u)))
+                else:
+                    maps.append(block_out[:, u])
+            b, (h, w) = len(x_BCHW), maps[0].shape[-2:]
+            map_BUHW = torch.stack(maps, dim=1)
+            return reduce_map(map_BUHW.reshape(-1, h, w), self.reduction, self.center_frac,
+                              self.alpha).reshape(b, -1)
+        return psi_BU
+
+
+def topk_targets(units: Units, units_U: torch.Tensor, images_NCHW: torch.Tensor, k: int = 20, k_target: int = 4,
+                 batch_size: int = 256) -> tuple[DatasetSearchResult, torch.Tensor]:
+    """Dataset search (Sec 3.1 (i)) on the same psi: the top-``k`` images per unit and
+    the matched target t_U = mean psi of the top-``k_target`` (Sec 3.2)."""
+    device = next(units.backbone.parameters()).device
+    batches = ((torch.arange(s, min(s + batch_size, len(images_NCHW))), images_NCHW[s:s + batch_size].to(device))
+               for s in range(0, len(images_NCHW), batch_size))
+    res = dataset_search(batches, units.scores(units_U), len(units_U), k=k, disable=True)
+    return res, res.psi_UK[:, :k_target].mean(dim=1)
+
+
+# ---------------------------------------------------------------- configurations
+@dataclass(frozen=True)
+class EnergyDPSConfig:
+    """EnergyDPS settings (App J.4). ``num_steps`` None = every training step;
+    ``cap`` None = calibrated per unit to t in [lo t, hi t] (``cap_bracket``)."""
+
+    num_steps: int | None = 100
+    sampler: Literal["ddpm", "ddim"] = "ddpm"
+    scale: float = 10.0  # zeta * lambda per step
+    grad_through_denoiser: bool = False
+    cap: float | None = None
+    cap_mode: str = "clip"
+    cap_bracket: tuple[float, float] = (0.6, 1.6)
+    calib_iters: int = 3
+
+
+def paper_config() -> EnergyDPSConfig:
+    """The authors' release (App J.4): 1000 DDPM ancestral steps, the gradient through
+    the denoiser, scale 1.0, clip cap 15. Their cap clips the batch mean of psi (batch
+    1); ours clips each sample's psi (identical at batch 1)."""
+    return EnergyDPSConfig(num_steps=None, sampler="ddpm", scale=ENERGYDPS["guidance_scale"],
+                           grad_through_denoiser=ENERGYDPS["grad_through_denoiser"], cap=ENERGYDPS["cap"],
+                           cap_mode=FEATURE_SCORE["cap_mode"])
+
+
+def fast_config(num_steps: int = 100, sampler: Literal["ddpm", "ddim"] = "ddpm", num_train_timesteps: int = 1000,
+                **overrides) -> EnergyDPSConfig:
+    """Respaced DDPM (or guided DDIM), Jacobian-free, cap calibrated per unit; the
+    scale keeps scale x steps equal to the paper's 1.0 x 1000 steps."""
+    scale = ENERGYDPS["guidance_scale"] * num_train_timesteps / num_steps
+    return replace(EnergyDPSConfig(num_steps=num_steps, sampler=sampler, scale=scale), **overrides)
+
+
+@dataclass(frozen=True)
+class MacoConfig:
+    """MACO (App J.3.1): at most ``max_steps`` NAdam steps; steps chosen per unit."""
+
+    max_steps: int = 128
+    lr: float = 1.0
+    crops_per_step: int = 6
+    check_every: int = 4
+
+
+@dataclass(frozen=True)
+class ProxyConfig:
+    """DiffExplainer-style proxy guidance (App J.3.2): Adam on the prompt embedding
+    through a ``chain_steps``-step DDIM chain; steps chosen per unit."""
+
+    max_steps: int = 30
+    lr: float = 0.05
+    chain_steps: int = 10
+
+
+# ---------------------------------------------------------------- results
+@dataclass
+class RunResult:
+    """Samples of one method for U units, N per unit (sample b is unit b // N)."""
+
+    method: str
+    units_U: torch.Tensor
+    images_UNCHW: torch.Tensor
+    psi_UN: torch.Tensor
+    knob_U: torch.Tensor  # the calibrated knob: cap (EnergyDPS) or optimisation steps
+    target_U: torch.Tensor
+    seconds: float
+    peak_bytes: int
+
+    @property
+    def reached_U(self) -> torch.Tensor:
+        """Mean psi within 5 % of t."""
+        return (self.psi_UN.mean(dim=1) - self.target_U).abs() <= 0.05 * self.target_U.abs()
+
+    @property
+    def seconds_per_sample(self) -> float:
+        return self.seconds / self.psi_UN.numel()
+
+
+def _seeds(n_units: int, n_per_unit: int, seed: int) -> list[int]:
+    return [seed * 1_000_003 + b for b in range(n_units * n_per_unit)]
+
+
+class _Meter:
+    """Wall time and peak memory (CUDA peak allocation, else the growth of the peak RSS)."""
+
+    def __enter__(self) -> "_Meter":
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+        self.rss0 = _peak_rss()
+        self.start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.seconds = time.perf_counter() - self.start
+        self.peak_bytes = (torch.cuda.max_memory_allocated() if torch.cuda.is_available()
+                           else max(0, _peak_rss() - self.rss0))
+
+
+def _peak_rss() -> int:
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+# ---------------------------------------------------------------- EnergyDPS
+def energy_dps_samples(prior: Prior, units: Units, units_B: torch.Tensor, cap_B: torch.Tensor | float | None,
+                       cfg: EnergyDPSConfig, seeds: Sequence[int], batch_size: int = 64,
+                       disable: bool | None = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x_BCHW, psi_B): one EnergyDPS sample per entry of ``units_B`` (mixed units in
+    batches of ``batch_size``), sample b drawn from seed ``seeds[b]``."""
+    timesteps = spaced_timesteps(prior.schedule, cfg.num_steps)
+    sampler = sample_energy_dps_ddpm if cfg.sampler == "ddpm" else sample_energy_dps_ddim
+    cap = None if cap_B is None else torch.as_tensor(cap_B, dtype=torch.float32).expand(len(units_B))
+    device = next(units.backbone.parameters()).device
+    xs, psis = [], []
+    for s in range(0, len(units_B), batch_size):
+        ids = units_B[s:s + batch_size]
+        energy = units.energy(ids)
+        x = sampler(prior, energy, timesteps=timesteps, lam_B=cfg.scale,
+                    cap_B=None if cap is None else cap[s:s + batch_size], cap_mode=cfg.cap_mode,
+                    grad_through_denoiser=cfg.grad_through_denoiser, generators=list(seeds[s:s + batch_size]),
+                    device=device, disable=disable)
+        with torch.no_grad():
+            psis.append(energy(x).cpu())
+        xs.append(x.cpu())
+    return torch.cat(xs), torch.cat(psis)
+
+
+def run_energy_dps(prior: Prior, units: Units, units_U: Sequence[int] | torch.Tensor, target_U: torch.Tensor,
+                   n_per_unit: int, cfg: EnergyDPSConfig, seed: int = 0, batch_size: int = 64,
+                   disable: bool | None = None) -> RunResult:
+    """EnergyDPS for every unit; ``cfg.cap`` None calibrates c_U so that the mean psi
+    of each unit's samples reaches t_U (batched bisection, ``cfg.calib_iters`` halvings
+    of [lo t, hi t]; targets outside the attainable range keep the closest end)."""
+    units_U = units.check(units_U)
+    target_U = torch.as_tensor(target_U, dtype=torch.float32)
+    u, n = len(units_U), n_per_unit
+    units_B = units_U.repeat_interleave(n)
+    seeds = _seeds(u, n, seed)
+    best = {"gap": torch.full((u,), torch.inf), "x": None, "psi": torch.zeros(u, n), "knob": torch.zeros(u)}
+    memo: dict[tuple, torch.Tensor] = {}
+    bar = tqdm(desc=f"EnergyDPS ({u} units x {n})", disable=disable, total=None if cfg.cap is None else 1)
+
+    def mean_psi(cap_U: torch.Tensor) -> torch.Tensor:
+        key = tuple(cap_U.tolist())
+        if key not in memo:
+            x, psi = energy_dps_samples(prior, units, units_B, cap_U.float().repeat_interleave(n), cfg, seeds,
+                                        batch_size)
+            psi_UN = psi.reshape(u, n)
+            gap = (psi_UN.mean(1) - target_U).abs()
+            better = gap < best["gap"]
+            best["x"] = x.reshape(u, n, *x.shape[1:]) if best["x"] is None else torch.where(
+                better[:, None, None, None, None], x.reshape(u, n, *x.shape[1:]), best["x"])
+            best["psi"] = torch.where(better[:, None], psi_UN, best["psi"])
+            best["knob"] = torch.where(better, cap_U.float(), best["knob"])
+            best["gap"] = torch.minimum(gap, best["gap"])
+            memo[key] = psi_UN.mean(1).double()
+            bar.update()
+        return memo[key]
+
+    with _Meter() as meter:
+        if cfg.cap is not None:
+            mean_psi(torch.full((u,), float(cfg.cap), dtype=torch.float64))
+        else:
+            lo, hi = (cfg.cap_bracket[0] * target_U).double(), (cfg.cap_bracket[1] * target_U).double()
+            f_lo, f_hi = mean_psi(lo), mean_psi(hi)
+            reachable = torch.minimum(torch.maximum(target_U.double(), torch.minimum(f_lo, f_hi)),
+                                      torch.maximum(f_lo, f_hi))
+            flat = f_lo > f_hi  # psi fell as the cap rose (sampling noise): keep the better end, no bisection
+            bisect(lambda cap_U: torch.where(flat, reachable, mean_psi(cap_U)), reachable, lo, hi, tol=0.0,
+                   max_iter=cfg.calib_iters, what="EnergyDPS cap")
+    bar.close()
+    return RunResult("EnergyDPS", units_U, best["x"], best["psi"], best["knob"], target_U, meter.seconds,
+                     meter.peak_bytes)
+
+
+# ---------------------------------------------------------------- MACO and proxy guidance
+class _FirstReach:
+    """Per unit, the images of the first optimisation step whose mean psi over the
+    unit's samples reaches t (else the step closest to t)."""
+
+    def __init__(self, target_U: torch.Tensor, n: int):
+        self.t, self.n = target_U, n
+        u = len(target_U)
+        self.done = torch.zeros(u, dtype=torch.bool)
+        self.gap = torch.full((u,), torch.inf)
+        self.step = torch.zeros(u)
+        self.x = self.psi = None
+
+    def offer(self, step: int, x_BCHW: torch.Tensor, psi_B: torch.Tensor) -> None:
+        u = len(self.t)
+        x, psi = x_BCHW.detach().cpu().reshape(u, self.n, *x_BCHW.shape[1:]), psi_B.detach().cpu().reshape(u, self.n)
+        mean = psi.mean(1)
+        take = ~self.done & (((mean - self.t).abs() < self.gap) | (mean >= self.t))
+        if self.x is None:
+            self.x, self.psi = x.clone(), psi.clone()
+        self.x[take], self.psi[take], self.step[take] = x[take], psi[take], float(step)
+        self.gap = torch.where(take, (mean - self.t).abs(), self.gap)
+        self.done |= mean >= self.t
+
+
+def run_maco(maco_prior: MacoPrior, units: Units, units_U: Sequence[int] | torch.Tensor, target_U: torch.Tensor,
+             n_per_unit: int, image_size: int, cfg: MacoConfig = MacoConfig(), seed: int = 0,
+             disable: bool | None = None) -> RunResult:
+    """MACO with the clip cap at t_U; per unit, the first checked step whose mean psi
+    (of the centre crop the method returns) reaches t_U."""
+    units_U = units.check(units_U)
+    target_U = torch.as_tensor(target_U, dtype=torch.float32)
+    n, u = n_per_unit, len(units_U)
+    units_B = units_U.repeat_interleave(n)
+    energy = units.energy(units_B)
+    pick = _FirstReach(target_U, n)
+    device = next(units.backbone.parameters()).device
+    maco_prior = MacoPrior(maco_prior.colour_CC.to(device), maco_prior.magnitude_CHF.to(device))
+
+    def centre(image_BCHW: torch.Tensor) -> torch.Tensor:
+        b = len(image_BCHW)
+        return crop_resize(image_BCHW, torch.full((b, 1, 2), 0.5, device=device),
+                           torch.full((b, 1), 0.25, device=device), image_size)[:, 0]
+
+    def callback(info: dict) -> None:
+        if info["i"] % cfg.check_every == 0:
+            with torch.no_grad():
+                x = centre(info["x_BCHW"])
+                pick.offer(info["i"], x, energy(x))
+
+    with _Meter() as meter:
+        res = maco(energy, maco_prior, len(units_B), image_size, cfg.max_steps, cap_B=target_U.repeat_interleave(n),
+                   lr=cfg.lr, crops_per_step=cfg.crops_per_step, seeds=_seeds(u, n, seed), device=device,
+                   callback=callback, disable=disable)
+        pick.offer(cfg.max_steps, res.x_BCHW, res.psi_B)
+    return RunResult("MACO", units_U, pick.x, pick.psi, pick.step, target_U, meter.seconds, meter.peak_bytes)
+
+
+def world_proxy(world: World) -> tuple[Callable, Callable[[int], torch.Tensor]]:
+    """(eps_given_embedding, initial embedding of a batch) of the world's conditional
+    prior: a factor-conditional prior's embedding (all factors "not given") when the
+    world has one, else the class-conditional UNet's class embedding (mean over classes)."""
+    factor_prior = getattr(world, "factor_prior", None)
+    if factor_prior is not None:
+        return factor_prior.eps, lambda b: factor_prior.embed({}, b)
+    if world.cond_prior is None:
+        raise ValueError(f"world {world.name!r} has no conditional prior for the proxy baseline")
+    unet = inspect.getclosurevars(world.cond_prior.eps).nonlocals.get("unet")
+    if unet is None:
+        raise ValueError("the world's conditional prior does not expose its UNet; give eps_given_embedding directly")
+    table = class_embedding_table(unet)
+    return unet2d_eps_given_embedding(unet), lambda b: table[:-1].mean(0).expand(b, -1).clone()
+
+
+def run_proxy(eps_given_embedding: Callable, emb_init: Callable[[int], torch.Tensor], prior: Prior, units: Units,
+              units_U: Sequence[int] | torch.Tensor, target_U: torch.Tensor, n_per_unit: int,
+              cfg: ProxyConfig = ProxyConfig(), seed: int = 0, disable: bool | None = None) -> RunResult:
+    """DiffExplainer-style proxy guidance with the clip cap at t_U (one prompt
+    embedding per sample); per unit, the first step whose mean psi reaches t_U."""
+    units_U = units.check(units_U)
+    target_U = torch.as_tensor(target_U, dtype=torch.float32)
+    n, u = n_per_unit, len(units_U)
+    units_B = units_U.repeat_interleave(n)
+    energy = units.energy(units_B)
+    pick = _FirstReach(target_U, n)
+    device = next(units.backbone.parameters()).device
+    with _Meter() as meter:
+        res = proxy_guidance(energy, eps_given_embedding, emb_init(len(units_B)).to(device), prior.sample_shape,
+                             DDIMChain.from_schedule(prior.schedule, cfg.chain_steps), cfg.max_steps, lr=cfg.lr,
+                             cap_B=target_U.repeat_interleave(n), clip_x0=prior.clip_x0, seeds=_seeds(u, n, seed),
+                             callback=lambda info: pick.offer(info["i"], info["x_BCHW"], info["psi_B"]),
+                             disable=disable)
+        pick.offer(cfg.max_steps, res.x_BCHW, res.psi_B)
+    return RunResult("DiffExplainer", units_U, pick.x, pick.psi, pick.step, target_U, meter.seconds,
+                     meter.peak_bytes)
+
+
+# ---------------------------------------------------------------- through the store
+def store_config(method: str, cfg, n_per_unit: int, seed: int, world_key: dict) -> dict:
+    """The store key of a run: the method's settings, sample count, seed and world."""
+    settings = asdict(cfg) if cfg is not None else {}
+    return {"method": method, "settings": settings, "n_per_unit": n_per_unit, "seed": seed, **world_key}
+
+
+def explain(store: SamplesStore, run: Callable[[torch.Tensor, torch.Tensor], RunResult],
+            units_U: Sequence[int] | torch.Tensor, target_U: torch.Tensor) -> dict[int, torch.Tensor]:
+    """psi of every unit's samples: from ``store`` where present, else from
+    ``run(missing_units, their_targets)`` (one batched call), written to the store
+    with the knob, the target and the cost per sample."""
+    units_U = torch.as_tensor(units_U).long()
+    target_U = torch.as_tensor(target_U, dtype=torch.float32)
+    missing = [i for i, unit in enumerate(units_U.tolist()) if not store.has(unit)]
+    if missing:
+        res = run(units_U[missing], target_U[missing])
+        per = res.seconds_per_sample
+        for j, unit in enumerate(res.units_U.tolist()):
+            store.put(unit, res.images_UNCHW[j], res.psi_UN[j],
+                      extras={"knob": res.knob_U[j:j + 1], "target": res.target_U[j:j + 1]},
+                      meta={"seconds_per_sample": per, "peak_bytes_per_sample": res.peak_bytes / res.psi_UN.numel(),
+                            "batched_units": len(missing)})
+    return {unit: store.get(unit).psi_B for unit in units_U.tolist()}

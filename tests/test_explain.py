@@ -1,0 +1,182 @@
+"""Explanation runs (klsc_lib.explain) on a tiny random-weight world: a conv eps-model,
+a two-conv backbone hooked at its second conv and a random transcoder."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from klsc_lib.baselines.maco import MacoPrior
+from klsc_lib.diffusion.energy_dps import NonFiniteGuidance
+from klsc_lib.diffusion.samplers import initial_noise, sample_ddpm, spaced_timesteps
+from klsc_lib.diffusion.schedule import DDPMSchedule
+from klsc_lib.explain import (EnergyDPSConfig, MacoConfig, ProxyConfig, RunResult, Units, _FirstReach,
+                              energy_dps_samples, explain, fast_config, paper_config, run_energy_dps, run_maco,
+                              run_proxy, store_config, topk_targets)
+from klsc_lib.interfaces import HookedBackbone, Prior
+from klsc_lib.paper_values import ENERGYDPS
+from klsc_lib.sae.transcoder import Transcoder, TranscoderConfig
+from klsc_lib.samples_store import SamplesStore
+
+SCHEDULE = DDPMSchedule()
+SHAPE = (3, 16, 16)
+
+
+class _Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.block = nn.Conv2d(8, 8, 3, padding=1)
+
+    def forward(self, x):
+        return self.block(torch.relu(self.stem(x))).mean(dim=(2, 3))
+
+
+class _Counting(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.SiLU(), nn.Conv2d(16, 3, 3, padding=1))
+        self.calls = 0
+
+    def forward(self, x, t_B):
+        self.calls += 1
+        return self.net(x)
+
+
+@pytest.fixture(scope="module")
+def world():
+    torch.manual_seed(0)
+    eps_net = _Counting().requires_grad_(False)
+    prior = Prior(eps_net, SCHEDULE, SHAPE, "tiny")
+    backbone = HookedBackbone(_Net(), "block", preprocess=lambda x: x).requires_grad_(False)
+    tc = Transcoder(TranscoderConfig(d_in=8, d_out=8, d_sae=32, k=4, kernel_size=3)).requires_grad_(False)
+    return prior, eps_net, Units("Feature", backbone, tc)
+
+
+FAST = EnergyDPSConfig(num_steps=10, scale=5.0)
+
+
+def test_cap_below_every_psi_and_zero_scale_are_the_unguided_sampler_bit_for_bit(world):
+    prior, _, units = world
+    units_B, seeds = torch.tensor([3, 7, 3, 11, 5]), [4, 5, 6, 7, 8]
+    ref = sample_ddpm(prior.eps, initial_noise(SHAPE, seeds), SCHEDULE, generator=seeds,
+                      timesteps=spaced_timesteps(SCHEDULE, 10), clip_x0=(-1.0, 1.0), disable=True)
+    low_cap, _ = energy_dps_samples(prior, units, units_B, -1e9, FAST, seeds)
+    no_scale, _ = energy_dps_samples(prior, units, units_B, None, EnergyDPSConfig(num_steps=10, scale=0.0), seeds)
+    assert torch.equal(low_cap, ref) and torch.equal(no_scale, ref)
+    chunked, _ = energy_dps_samples(prior, units, units_B, -1e9, FAST, seeds, batch_size=2)  # conv kernels may
+    torch.testing.assert_close(chunked, ref, rtol=1e-5, atol=1e-6)  # round differently at another batch size
+
+
+def test_guidance_raises_psi_monotonically_in_the_strength(world):
+    prior, _, units = world
+    units_B, seeds = torch.arange(8).repeat_interleave(3), list(range(24))
+    means = [float(energy_dps_samples(prior, units, units_B, None, EnergyDPSConfig(num_steps=10, scale=s),
+                                      seeds)[1].mean()) for s in (0.0, 2.0, 8.0, 32.0)]
+    assert all(a < b for a, b in zip(means, means[1:])), means
+
+
+def test_calibration_reaches_the_targets_of_a_batch_of_units_at_once(world):
+    prior, _, units = world
+    units_U = torch.tensor([1, 4, 9, 20])
+    _, free = energy_dps_samples(prior, units, units_U.repeat_interleave(4), None, FAST, list(range(16)))
+    target_U = 0.8 * free.reshape(4, 4).mean(1)  # reachable: between unguided and uncapped
+    base = energy_dps_samples(prior, units, units_U.repeat_interleave(4), None,
+                              EnergyDPSConfig(num_steps=10, scale=0.0), list(range(16)))[1].reshape(4, 4).mean(1)
+    target_U = torch.maximum(target_U, base + 0.5 * (free.reshape(4, 4).mean(1) - base))
+    res = run_energy_dps(prior, units, units_U, target_U, 4, replace_cfg(FAST, calib_iters=8, cap_bracket=(0.2, 3.0)),
+                         disable=True)
+    gap = (res.psi_UN.mean(1) - target_U).abs() / (free.reshape(4, 4).mean(1) - base)
+    assert res.images_UNCHW.shape == (4, 4, *SHAPE)
+    assert (gap < 0.1).all(), gap
+
+
+def replace_cfg(cfg, **kw):
+    from dataclasses import replace
+    return replace(cfg, **kw)
+
+
+def test_unknown_unit_ids_are_rejected_before_any_sampling(world):
+    prior, eps_net, units = world
+    calls = eps_net.calls
+    with pytest.raises(ValueError, match=r"unknown feature ids \[32, 99\]"):
+        run_energy_dps(prior, units, [0, 32, 99], torch.ones(3), 2, FAST)
+    with pytest.raises(ValueError, match="distinct"):
+        run_energy_dps(prior, units, [1, 1], torch.ones(2), 2, FAST)
+    neurons = Units("Neuron", units.backbone)
+    with pytest.raises(ValueError, match=r"unknown neuron ids \[8\]"):
+        run_energy_dps(prior, neurons, [8], torch.ones(1), 2, FAST)
+    assert eps_net.calls == calls
+
+
+def test_nan_in_psi_raises_naming_the_step(world):
+    prior, _, units = world
+    bad = Transcoder(units.transcoder.cfg).requires_grad_(False)
+    bad.W_enc_FCkk[2] = float("nan")
+    with pytest.raises(NonFiniteGuidance, match="reverse step 0"):
+        energy_dps_samples(prior, Units("Feature", units.backbone, bad), torch.tensor([2, 3]), None, FAST, [0, 1])
+
+
+def test_store_round_trip_skips_stored_units(world, tmp_path):
+    prior, _, units = world
+    store = SamplesStore("EnergyDPS", "Feature", store_config("EnergyDPS", FAST, 2, 0, {"world": "tiny"}), tmp_path)
+    runs = []
+
+    def run(units_U, target_U):
+        res = run_energy_dps(prior, units, units_U, target_U, 2, replace_cfg(FAST, cap=1e9), disable=True)
+        runs.append(units_U.tolist())
+        return res
+
+    first = explain(store, run, [5, 6], torch.tensor([1.0, 2.0]))
+    again = explain(store, run, [6, 5, 7], torch.tensor([2.0, 1.0, 3.0]))
+    assert runs == [[5, 6], [7]]
+    assert torch.equal(first[5], again[5]) and store.units() == [5, 6, 7]
+    got = store.get(6)
+    assert got.images_BCHW.shape == (2, *SHAPE) and float(got.extras["target"]) == 2.0
+    assert got.meta["seconds_per_sample"] > 0
+
+
+def test_first_reach_keeps_the_first_step_at_the_target():
+    pick = _FirstReach(torch.tensor([1.0, 5.0]), 2)
+    for step, level in enumerate([0.2, 0.9, 1.4, 2.0]):
+        x = torch.full((4, 1, 2, 2), float(step))
+        pick.offer(step, x, torch.tensor([level, level, level, level]))
+    assert pick.step.tolist() == [2.0, 3.0]  # unit 0 crosses 1.0 at step 2; unit 1 never: closest is the last
+    assert torch.equal(pick.x[0], torch.full((2, 1, 2, 2), 2.0))
+
+
+def test_paper_and_fast_configs():
+    p = paper_config()
+    assert (p.num_steps, p.scale, p.grad_through_denoiser, p.cap) == (None, ENERGYDPS["guidance_scale"], True,
+                                                                     ENERGYDPS["cap"])
+    f = fast_config(100)
+    assert f.scale * f.num_steps == pytest.approx(p.scale * 1000) and not f.grad_through_denoiser and f.cap is None
+
+
+def test_topk_targets_are_the_mean_of_the_best_real_images(world):
+    _, _, units = world
+    images = torch.rand(40, *SHAPE) * 2 - 1
+    units_U = torch.tensor([0, 3, 17])
+    res, t_U = topk_targets(units, units_U, images, k=6, k_target=4, batch_size=16)
+    with torch.no_grad():
+        psi_NU = torch.stack([units.energy(int(u))(images) for u in units_U], dim=1)
+    torch.testing.assert_close(t_U, psi_NU.topk(4, dim=0).values.mean(0))
+
+
+def test_maco_and_proxy_runs_are_batched_and_pick_a_step(world):
+    prior, _, units = world
+    units_U, t = torch.tensor([2, 9]), torch.tensor([0.5, 50.0])
+    images = torch.rand(16, *SHAPE) * 2 - 1
+    res = run_maco(MacoPrior.from_images(images), units, units_U, t, 2, 16, MacoConfig(max_steps=6, check_every=2),
+                   disable=True)
+    assert isinstance(res, RunResult) and res.images_UNCHW.shape == (2, 2, *SHAPE)
+    assert 0 <= res.knob_U.min() and res.knob_U.max() <= 6
+    emb = nn.Embedding(4, 8)
+
+    def eps_given(x, t_B, e):
+        return prior.eps(x, t_B) * e.mean(1)[:, None, None, None]
+
+    res = run_proxy(eps_given, lambda b: emb.weight[:1].detach().expand(b, -1).clone(), prior, units, units_U, t,
+                    2, ProxyConfig(max_steps=3, chain_steps=3), disable=True)
+    assert res.images_UNCHW.shape == (2, 2, *SHAPE) and res.psi_UN.shape == (2, 2)
