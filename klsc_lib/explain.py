@@ -143,6 +143,7 @@ class EnergyDPSConfig:
     cap_mode: str = "clip"
     cap_bracket: tuple[float, float] = (0.6, 1.6)
     calib_iters: int = 3
+    calibrate: bool = True  # False (with cap None): one pass with the cap at t, no calibration
 
 
 def paper_config() -> EnergyDPSConfig:
@@ -268,7 +269,8 @@ def run_energy_dps(prior: Prior, units: Units, units_U: Sequence[int] | torch.Te
     seeds = _seeds(u, n, seed)
     best = {"gap": torch.full((u,), torch.inf), "x": None, "psi": torch.zeros(u, n), "knob": torch.zeros(u)}
     memo: dict[tuple, torch.Tensor] = {}
-    bar = tqdm(desc=f"EnergyDPS ({u} units x {n})", disable=disable, total=None if cfg.cap is None else 1)
+    one_pass = cfg.cap is not None or not cfg.calibrate
+    bar = tqdm(desc=f"EnergyDPS ({u} units x {n})", disable=disable, total=1 if one_pass else 2 + cfg.calib_iters)
 
     def mean_psi(cap_U: torch.Tensor) -> torch.Tensor:
         key = tuple(cap_U.tolist())
@@ -288,8 +290,10 @@ def run_energy_dps(prior: Prior, units: Units, units_U: Sequence[int] | torch.Te
         return memo[key]
 
     with _Meter() as meter:
-        if cfg.cap is not None:
+        if cfg.cap is not None:  # a fixed cap (paper_config)
             mean_psi(torch.full((u,), float(cfg.cap), dtype=torch.float64))
+        elif not cfg.calibrate:
+            mean_psi(target_U.double())
         else:
             lo, hi = (cfg.cap_bracket[0] * target_U).double(), (cfg.cap_bracket[1] * target_U).double()
             f_lo, f_hi = mean_psi(lo), mean_psi(hi)

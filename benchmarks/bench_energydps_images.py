@@ -1,0 +1,75 @@
+"""Cost of explaining images (paper App L.4, Table 11), ratios measured in one process on
+a tiny random-weight world (conv eps-model, two-conv backbone, random transcoder):
+
+- EnergyDPS at batch 64 mixing 64 features vs a batch-1 loop of the same sampler;
+- the fast configuration (100 respaced steps, Jacobian-free) vs ``paper_config``
+  (every step, the gradient through the denoiser) per sample, both capped at the same t;
+- EnergyDPS (fast, one pass) vs MACO (128 steps) per sample, batched alike;
+- peak memory per sample of each (growth of the peak RSS on CPU, CUDA peak on a GPU).
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from torch import nn
+
+from klsc_lib.baselines.maco import MacoPrior
+from klsc_lib.diffusion.schedule import DDPMSchedule
+from klsc_lib.explain import MacoConfig, Units, energy_dps_samples, fast_config, paper_config, run_maco
+from klsc_lib.interfaces import HookedBackbone, Prior
+from klsc_lib.sae.transcoder import Transcoder, TranscoderConfig
+
+BATCH = 64
+
+
+class _Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.block = nn.Conv2d(16, 16, 3, padding=1)
+
+    def forward(self, x):
+        return self.block(torch.relu(self.stem(x))).mean(dim=(2, 3))
+
+
+def _world():
+    torch.manual_seed(0)
+    eps_net = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.SiLU(), nn.Conv2d(32, 3, 3, padding=1))
+    prior = Prior(lambda x, t_B: eps_net(x), DDPMSchedule(), (3, 16, 16), "tiny")
+    backbone = HookedBackbone(_Net(), "block", preprocess=lambda x: x)
+    tc = Transcoder(TranscoderConfig(d_in=16, d_out=16, d_sae=256, k=8, kernel_size=3))
+    for m in (eps_net, backbone, tc):
+        m.requires_grad_(False)
+    return prior, Units("Feature", backbone, tc)
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def run() -> dict:
+    prior, units = _world()
+    units_B = (37 * torch.arange(BATCH)) % 256
+    seeds = list(range(BATCH))
+    fast = fast_config(100)
+    cap = torch.full((BATCH,), 0.5)
+    energy_dps_samples(prior, units, units_B[:2], cap[:2], fast, seeds[:2])  # warm-up
+    batched = _timed(lambda: energy_dps_samples(prior, units, units_B, cap, fast, seeds, batch_size=BATCH))
+    loop = _timed(lambda: [energy_dps_samples(prior, units, units_B[b:b + 1], cap[b:b + 1], fast, seeds[b:b + 1])
+                           for b in range(BATCH)])
+    few = 4  # paper_config is 10x the steps with a backward pass through the denoiser
+    paper = _timed(lambda: energy_dps_samples(prior, units, units_B[:few], cap[:few], paper_config(), seeds[:few]))
+    fast_few = _timed(lambda: energy_dps_samples(prior, units, units_B[:few], cap[:few], fast, seeds[:few]))
+    images = torch.rand(64, 3, 16, 16) * 2 - 1
+    maco = run_maco(MacoPrior.from_images(images), units, units_B, cap, 1, 16, MacoConfig(max_steps=128), disable=True)
+    per_batched, per_loop = batched / BATCH, loop / BATCH
+    return {"name": f"EnergyDPS images: batch {BATCH} mixed features vs batch-1 loop (samples/s)",
+            "ratio": per_loop / per_batched,
+            "detail": (f"{per_batched * 1e3:.1f} vs {per_loop * 1e3:.1f} ms/sample; fast vs paper_config "
+                       f"{paper / fast_few:.1f}x cheaper; EnergyDPS/MACO cost {per_batched / maco.seconds_per_sample:.2f}"
+                       f"; MACO peak {maco.peak_bytes / BATCH / 2**20:.2f} MiB/sample"),
+            "fast_vs_paper": paper / fast_few, "energydps_over_maco": per_batched / maco.seconds_per_sample}

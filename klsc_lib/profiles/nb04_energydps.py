@@ -1,0 +1,59 @@
+"""Profiles of notebook 04_energydps (Sec 2.3, 3.1-3.2, App J.2-J.4, L.2-L.5).
+
+The transcoder is notebook 03's (same world, same recipe, so it loads from the cache).
+``paper`` holds the authors' settings: 100 random features, EnergyDPS in
+:func:`~klsc_lib.explain.paper_config` (1000 DDPM steps through the denoiser, scale 1,
+cap 15), MACO 1000 steps (the reference's default), DiffExplainer 50 DDIM steps,
+Table 10's 1k samples per strength. ``smoke`` and ``default`` run the fast
+configuration for the sweeps and ``paper_config`` on a few samples for the cost
+comparison (Table 11).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from klsc_lib.explain import EnergyDPSConfig, MacoConfig, ProxyConfig, fast_config, paper_config
+from klsc_lib.profiles.nb03_sae_training import PROFILES as NB03
+from klsc_lib.sae.artifacts import TranscoderRecipe
+
+
+@dataclass(frozen=True)
+class EnergyDPSProfile:
+    world: Any
+    recipe: TranscoderRecipe  # notebook 03's main transcoder
+    fast: EnergyDPSConfig
+    maco: MacoConfig
+    proxy: ProxyConfig
+    n_features: int = 50  # random features of the Table 3 analogue
+    n_per_unit: int = 4  # samples per feature and method (4 are shown to raters, App K)
+    n_neurons: int = 100  # random neurons sampled for notebook 05 (Table 7)
+    n_neuron_samples: int = 4
+    top_k: int = 20  # real images per feature that fix its concept
+    k_target: int = 4  # top-k images whose mean psi is the target t (Sec 3.2)
+    batch_size: int = 64  # samples per batch, features mixed
+    paper: EnergyDPSConfig = field(default_factory=paper_config)
+    n_paper_units: int = 2  # paper_config runs (cost comparison): units x n_per_unit samples
+    strengths: tuple[float, ...] = (0.0, 0.25, 0.5, 1.0)  # x fast.scale, uncapped (Table 10)
+    n_strength_units: int = 8
+    shift_levels: tuple[float, ...] = (0.25, 0.5, 1.0, 1.5, 2.0)  # caps as multiples of t (App L.3)
+    drift_weights: tuple[float, ...] = (0.0, 0.5, 2.0, 8.0)  # omega of the class-logit task term (App L.5)
+    n_real_kid: int = 1000  # held-out real images for KID
+
+
+PROFILES = {
+    "smoke": EnergyDPSProfile(
+        world=NB03["smoke"].world, recipe=NB03["smoke"].recipe, fast=fast_config(20, num_train_timesteps=100),
+        maco=MacoConfig(max_steps=16), proxy=ProxyConfig(max_steps=6, chain_steps=4),
+        n_features=6, n_per_unit=2, n_neurons=4, n_neuron_samples=2, top_k=10, n_paper_units=1,
+        n_strength_units=2, shift_levels=(0.5, 1.0, 2.0), drift_weights=(0.0, 4.0), n_real_kid=128),
+    "default": EnergyDPSProfile(
+        world=NB03["default"].world, recipe=NB03["default"].recipe, fast=fast_config(100),
+        maco=MacoConfig(max_steps=128), proxy=ProxyConfig(max_steps=30, chain_steps=10)),
+    "paper": EnergyDPSProfile(
+        world=NB03["paper"].world, recipe=NB03["paper"].recipe, fast=fast_config(250),
+        maco=MacoConfig(max_steps=1000, check_every=25), proxy=ProxyConfig(max_steps=100, chain_steps=50),
+        n_features=100, n_per_unit=4, top_k=20, batch_size=8, n_paper_units=4, n_strength_units=100,
+        n_real_kid=1000),
+}
