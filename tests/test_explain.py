@@ -180,3 +180,26 @@ def test_maco_and_proxy_runs_are_batched_and_pick_a_step(world):
     res = run_proxy(eps_given, lambda b: emb.weight[:1].detach().expand(b, -1).clone(), prior, units, units_U, t,
                     2, ProxyConfig(max_steps=3, chain_steps=3), disable=True)
     assert res.images_UNCHW.shape == (2, 2, *SHAPE) and res.psi_UN.shape == (2, 2)
+
+
+def test_paper_profile_settings_run_the_same_code_at_reduced_size(world):
+    """profile=paper: the authors' EnergyDPS (every step of the schedule, the gradient
+    through the denoiser, scale 1, fixed cap) through the paper prior's learned-sigma
+    wrapper around a random-weight diffusers UNet (6 output channels), 20 steps."""
+    from klsc_lib.profiles import get_profile
+
+    cfg = get_profile("04_energydps", "paper")
+    assert cfg.paper == paper_config() and cfg.n_features == 100 and cfg.maco.max_steps == 1000
+    _, _, units = world
+    from diffusers import UNet2DModel
+
+    from klsc_lib.worlds.zoo.guided_diffusion import LearnedSigmaEps
+
+    torch.manual_seed(1)
+    unet = UNet2DModel(sample_size=16, out_channels=6, block_out_channels=(16,), layers_per_block=1, norm_num_groups=8,
+                       down_block_types=("DownBlock2D",), up_block_types=("UpBlock2D",)).requires_grad_(False)
+    schedule = DDPMSchedule(num_train_timesteps=20)
+    prior = Prior(LearnedSigmaEps(unet, schedule), schedule, SHAPE, "learned-sigma stand-in")
+    res = run_energy_dps(prior, units, [3, 8], torch.tensor([1.0, 1.0]), 1, cfg.paper, disable=True)
+    assert res.images_UNCHW.shape == (2, 1, *SHAPE) and torch.isfinite(res.images_UNCHW).all()
+    assert res.knob_U.tolist() == [cfg.paper.cap] * 2
