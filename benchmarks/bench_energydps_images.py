@@ -2,7 +2,7 @@
 a tiny random-weight world (conv eps-model, two-conv backbone, random transcoder):
 
 - EnergyDPS at batch 64 mixing 64 features vs a batch-1 loop of the same sampler;
-- the fast configuration (100 respaced steps, Jacobian-free) vs ``paper_config``
+- the fast configuration (50 respaced steps, Jacobian-free) vs ``paper_config``
   (every step, the gradient through the denoiser) per sample, both capped at the same t;
 - EnergyDPS (fast, one pass) vs MACO (128 steps) per sample, batched alike;
 - peak memory per sample of each (growth of the peak RSS on CPU, CUDA peak on a GPU).
@@ -52,16 +52,25 @@ def _timed(fn) -> float:
 
 
 def run() -> dict:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny convs: one thread (and no oversubscription on a shared machine)
+    try:
+        return _run()
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run() -> dict:
     prior, units = _world()
     units_B = (37 * torch.arange(BATCH)) % 256
     seeds = list(range(BATCH))
-    fast = fast_config(100)
+    fast = fast_config(50)
     cap = torch.full((BATCH,), 0.5)
     energy_dps_samples(prior, units, units_B[:2], cap[:2], fast, seeds[:2])  # warm-up
     batched = _timed(lambda: energy_dps_samples(prior, units, units_B, cap, fast, seeds, batch_size=BATCH))
     loop = _timed(lambda: [energy_dps_samples(prior, units, units_B[b:b + 1], cap[b:b + 1], fast, seeds[b:b + 1])
                            for b in range(BATCH)])
-    few = 4  # paper_config is 10x the steps with a backward pass through the denoiser
+    few = 2  # paper_config is 20x the steps with a backward pass through the denoiser
     paper = _timed(lambda: energy_dps_samples(prior, units, units_B[:few], cap[:few], paper_config(), seeds[:few]))
     fast_few = _timed(lambda: energy_dps_samples(prior, units, units_B[:few], cap[:few], fast, seeds[:few]))
     images = torch.rand(64, 3, 16, 16) * 2 - 1

@@ -141,7 +141,7 @@ class EnergyDPSConfig:
     grad_through_denoiser: bool = False
     cap: float | None = None
     cap_mode: str = "clip"
-    cap_bracket: tuple[float, float] = (0.6, 1.6)
+    cap_bracket: tuple[float, float] = (0.0, 1.5)
     calib_iters: int = 3
     calibrate: bool = True  # False (with cap None): one pass with the cap at t, no calibration
 

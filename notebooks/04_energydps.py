@@ -63,6 +63,8 @@ from klsc_lib.worlds.miniworld.quality import classify, kid
 cfg = get_profile("04_energydps", profile)
 dev = resolve_device(device)
 seed_everything(seed)
+if cfg.threads:
+    torch.set_num_threads(cfg.threads)
 report = Report("04_energydps", out_dir, profile, seed, dev)
 world = load_world(cfg.world, dev)
 record_world(report, world)

@@ -19,6 +19,7 @@ from klsc_lib.paper_values import ENERGYDPS
 from klsc_lib.sae.transcoder import Transcoder, TranscoderConfig
 from klsc_lib.samples_store import SamplesStore
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 SCHEDULE = DDPMSchedule()
 SHAPE = (3, 16, 16)
 

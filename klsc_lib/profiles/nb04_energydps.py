@@ -40,6 +40,8 @@ class EnergyDPSProfile:
     shift_levels: tuple[float, ...] = (0.25, 0.5, 1.0, 1.5, 2.0)  # caps as multiples of t (App L.3)
     drift_weights: tuple[float, ...] = (0.0, 0.5, 2.0, 8.0)  # omega of the class-logit task term (App L.5)
     n_real_kid: int = 1000  # held-out real images for KID
+    threads: int | None = 1  # torch intra-op threads (None: torch's default); small models on a shared
+    # CPU run far faster on one thread (two threads on a loaded 2-core machine were ~60x slower)
 
 
 PROFILES = {
@@ -55,5 +57,5 @@ PROFILES = {
         world=NB03["paper"].world, recipe=NB03["paper"].recipe, fast=fast_config(250),
         maco=MacoConfig(max_steps=1000, check_every=25), proxy=ProxyConfig(max_steps=100, chain_steps=50),
         n_features=100, n_per_unit=4, top_k=20, batch_size=8, n_paper_units=4, n_strength_units=100,
-        n_real_kid=1000),
+        n_real_kid=1000, threads=None),
 }
