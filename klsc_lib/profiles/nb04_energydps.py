@@ -52,7 +52,7 @@ PROFILES = {
         n_strength_units=2, shift_levels=(0.5, 1.0, 2.0), drift_weights=(0.0, 4.0), n_real_kid=128),
     "default": EnergyDPSProfile(
         world=NB03["default"].world, recipe=NB03["default"].recipe, fast=fast_config(100),
-        maco=MacoConfig(max_steps=128), proxy=ProxyConfig(max_steps=30, chain_steps=10)),
+        maco=MacoConfig(max_steps=128), proxy=ProxyConfig(max_steps=20, chain_steps=8)),
     "paper": EnergyDPSProfile(
         world=NB03["paper"].world, recipe=NB03["paper"].recipe, fast=fast_config(250),
         maco=MacoConfig(max_steps=1000, check_every=25), proxy=ProxyConfig(max_steps=100, chain_steps=50),
