@@ -1,4 +1,4 @@
-"""Import of the authors' lm_saes CNN transcoder checkpoint (RM §13 J.1, §15), tested
+"""Import of the authors' lm_saes CNN transcoder checkpoint (the authors' release), tested
 on a random checkpoint written in that layout against a re-statement of the authors'
 encode/decode (lm_saes cnnsae.py, with dataset-norm folding as in from_config)."""
 

@@ -25,3 +25,24 @@ def test_bad_shapes_raise():
         monosemanticity(np.array([1, 2]), {"a": np.zeros(3, int)}, {"a": 2})
     with pytest.raises(ValueError, match="factor_sizes"):
         monosemanticity(np.zeros((1, 2), int), {"a": np.zeros(3, int)}, {})
+
+
+def test_study_units_reads_top_images_from_an_index():
+    import torch
+
+    from klsc_lib.analysis.monosemanticity import sample_units, study_units
+    from klsc_lib.sae.topk_index import TopKIndex
+
+    factors = {"colour": np.array([0, 0, 0, 1, 1, 2]), "size": np.array([0, 1, 0, 1, 0, 1])}
+    index = TopKIndex(n_units=2, k=3)
+    # unit 0 peaks on images 0, 1, 2 (all colour 0); unit 1 on images 3, 2 (colours 1, 0)
+    index.update_scores(torch.tensor([[5.0, -1.0], [4.0, -2.0], [3.0, 1.0], [0.5, 2.0]]), torch.arange(4))
+    result = study_units(index, np.array([0]), factors, {"colour": 3, "size": 2}, top_n=3)
+    assert result.purity_UF[0, 0] == 1.0 and result.success_rate == 1.0 and result.success_se == 0.0
+    assert study_units(index, np.array([0, 1]), factors, {"colour": 3, "size": 2}, top_n=2).success_se == pytest.approx(0.5 / np.sqrt(2))  # p = 1/2, n = 2
+    short = TopKIndex(n_units=1, k=3)
+    short.update_scores(torch.tensor([[1.0], [2.0]]), torch.arange(2))
+    with pytest.raises(ValueError, match="fewer than 3 indexed images"):
+        study_units(short, np.array([0]), factors, {"colour": 3, "size": 2}, top_n=3)
+    drawn = sample_units(np.arange(10, 20), 4, torch.Generator().manual_seed(0))
+    assert len(set(drawn)) == 4 and set(drawn) <= set(range(10, 20)) and list(drawn) == sorted(drawn)

@@ -1,4 +1,4 @@
-"""The CNN transcoder (paper App C.1) and its trainer (App J.1, RM §13 J.1)."""
+"""The CNN transcoder (paper App C.1) and its trainer (App J.1), with the optional AuxK loss."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ torch.manual_seed(0)
 from _tiny_convnext import RandomImages, tiny_backbone
 from klsc_lib.sae.transcoder import Transcoder, TranscoderConfig, spliced, topk_per_position
 from klsc_lib.sae.training import (
-    TrainConfig, classification_accuracy, evaluate_transcoder, fvu, init_from_sample_, lr_factor, train_transcoder,
+    TrainConfig, auxk_loss, classification_accuracy, evaluate_transcoder, fvu, init_from_sample_, lr_factor,
+    train_transcoder,
 )
 
 
@@ -178,3 +179,49 @@ def test_spliced_identity_sae_keeps_backbone_logits():
         with spliced(backbone, scrambled):
             assert not torch.allclose(backbone(x), logits, atol=1e-3)
     torch.testing.assert_close(backbone(x), logits)  # the hook is removed on exit
+
+
+def _with_dead_latents(n_dead: int = 12) -> Transcoder:
+    """A transcoder whose first ``n_dead`` latents can never enter the TopK."""
+    model = _random_transcoder(d_sae=48, k=4)
+    with torch.no_grad():
+        model.b_enc_F[:n_dead] = -1e3
+    return model
+
+
+@pytest.mark.parametrize("aux_k", [0, 6])
+def test_auxk_gives_dead_latents_a_gradient_and_off_gives_none(aux_k):
+    model, n_dead = _with_dead_latents(), 12
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    cfg = TrainConfig(steps=4, lr=1e-2, log_every=1, dead_window=1, decay_frac=0.0, aux_k=aux_k)
+    hist = train_transcoder(model, _linear_teacher_batches(), cfg, progress=False)
+    assert hist.dead_frac[-1] == pytest.approx(n_dead / 48)  # exactly the silenced latents are dead
+    moved_enc = (model.W_enc_FCkk - before["W_enc_FCkk"]).flatten(1).abs().amax(1) > 0
+    moved_dec = (model.W_dec_FC - before["W_dec_FC"]).abs().amax(1) > 1e-6  # renormalisation: rounding only
+    if aux_k:
+        assert moved_enc[:n_dead].all() and moved_dec[:n_dead].all()
+    else:  # Adam from a zero state leaves a parameter with zero gradient exactly where it was
+        assert not moved_enc[:n_dead].any() and not moved_dec[:n_dead].any()
+    assert moved_enc[n_dead:].any()  # live latents train either way
+
+
+def test_auxk_loss_is_zero_without_dead_latents_and_exact_for_a_perfect_aux_code():
+    model = _random_transcoder(d_sae=8, k=2, d_in=4, d_out=4)
+    pre = torch.randn(2, 8, 3, 3)
+    resid = torch.randn(2, 4, 3, 3)
+    assert auxk_loss(model, pre, resid, torch.zeros(8, dtype=torch.bool), 3).item() == 0.0
+    # One dead latent whose decoder row is the residual's direction and whose pre-activation
+    # is the residual's coordinate along it: the residual is reconstructed exactly.
+    direction = torch.tensor([0.6, 0.8, 0.0, 0.0])
+    with torch.no_grad():
+        model.W_dec_FC[5] = direction
+    coeff = torch.randn(2, 3, 3)
+    resid = coeff[:, None] * direction[None, :, None, None]
+    pre[:, 5] = coeff
+    dead = torch.zeros(8, dtype=torch.bool)
+    dead[5] = True
+    assert auxk_loss(model, pre, resid, dead, 4).item() == pytest.approx(0.0, abs=1e-12)
+    # The mean predictor's error over the variance is 1: an all-zero aux code on a zero-mean residual
+    pre[:, 5] = 0.0
+    centred = resid - resid.mean(dim=(0, 2, 3), keepdim=True)
+    assert auxk_loss(model, pre, centred, dead, 4).item() == pytest.approx(1.0, rel=1e-6)

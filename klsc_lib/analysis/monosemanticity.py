@@ -48,6 +48,12 @@ class Monosemanticity:
         return float((self.score_U > self.threshold).mean())
 
     @property
+    def success_se(self) -> float:
+        """Binomial standard error of :attr:`success_rate` over the sampled units."""
+        p = self.success_rate
+        return float(np.sqrt(p * (1 - p) / len(self.score_U)))
+
+    @property
     def mean_score(self) -> float:
         return float(self.score_U.mean())
 
@@ -78,3 +84,21 @@ def monosemanticity(top_ids_UK: np.ndarray, factors: dict[str, np.ndarray], fact
             ent_U = -np.where(freq_UV > 0, freq_UV * np.log(freq_UV), 0.0).sum(axis=1)
         info_UF[:, j] = 1 - ent_U / np.log(v)
     return Monosemanticity(purity_UF.max(axis=1), purity_UF.argmax(axis=1), purity_UF, info_UF, names, threshold)
+
+
+def sample_units(pool: np.ndarray, n: int, generator: torch.Generator) -> np.ndarray:
+    """``n`` units drawn without replacement from ``pool`` (all if fewer), ascending."""
+    pool = np.asarray(pool)
+    return np.sort(pool[torch.randperm(len(pool), generator=generator)[:n].numpy()])
+
+
+def study_units(index, units: np.ndarray, factors: dict[str, np.ndarray], factor_sizes: dict[str, int],
+                top_n: int, threshold: float = 0.5) -> Monosemanticity:
+    """:func:`monosemanticity` of ``units`` from their ``top_n`` images in a
+    :class:`klsc_lib.sae.topk_index.TopKIndex` (every unit must have ``top_n`` hits)."""
+    rows = [index.top_ids(int(u))[:top_n] for u in units]
+    short = [int(u) for u, row in zip(units, rows) if len(row) < top_n]
+    if short:
+        raise ValueError(f"units {short[:5]} have fewer than {top_n} indexed images; index more images or "
+                         "lower top_n")
+    return monosemanticity(np.array(rows), factors, factor_sizes, threshold)

@@ -1,6 +1,6 @@
 """On-disk cache of hooked-block activations for transcoder training (paper App J.1:
 the transcoder is trained on (block input, block output) pairs of the hooked
-ConvNeXt block over a large image set; RM §13 J.1).
+ConvNeXt block over a large image set; the authors' release).
 
 Layout of a cache folder::
 

@@ -1,5 +1,5 @@
 """Import the authors' released transcoder (Hugging Face
-``SII-ZhouGC/cnnsae_dinov3_resnext_large``, RM §13 J.1 / §15) into our
+``SII-ZhouGC/cnnsae_dinov3_resnext_large``, the authors' release) into our
 :class:`~klsc_lib.sae.transcoder.Transcoder`.
 
 The checkpoint is in the lm_saes layout (``OpenMOSS/Language-Model-SAEs`` branch
@@ -15,7 +15,7 @@ folder with ``config.json`` and ``sae_weights.safetensors`` (or ``.pt`` holding
 The authors' encode ranks ``pre * ||W_D_f||`` (``sparsity_include_decoder_norm``) and
 their loader folds the dataset-wise norms into the weights (``from_config``,
 ``fold_activation_scale=True``). We do the same, so our ``encode(x, return_pre=True)``
-returns exactly their ``hidden_pre`` (the intrinsic score's input, RM §13 J.2) for the
+returns exactly their ``hidden_pre`` (the intrinsic score's input, App J.2) for the
 same block input (theirs is flattened to (B, H*W, d_model), ours stays (B, C, H, W)).
 """
 

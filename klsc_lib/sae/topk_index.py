@@ -6,19 +6,32 @@ feature in Table 11). Here, while activations stream past once (during caching, 
 one pass of the transcoder over the cache), every unit (feature or neuron) keeps the
 k images with the highest score and the position of the peak; a later query is an
 array lookup. One entry per image: an image's score is its peak over positions
-(or any per-image score the caller passes, e.g. the mix reduction of RM §13 J.2).
+(or any per-image score the caller passes, e.g. the mix reduction of App J.2).
+
+The same pass fills a per-unit histogram of the image scores on fixed log-spaced
+bins (:data:`HIST_EDGES`): bin 0 counts images where the unit stays below 1e-3 (did
+not fire), the last bin images at or above 1e3. The index is saved as
+``NAME.safetensors`` (tensors) plus ``NAME.json`` (sizes and the caller's
+provenance); the JSON is written last, so a crash leaves no loadable half index.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 
-from klsc_lib.runtime import atomic_path
+from klsc_lib.runtime import atomic_path, atomic_write_text
+
+#: Histogram bin edges of the per-image scores: [1e-3, 1e3] in 48 log-spaced bins, plus
+#: one bin below (did not fire) and one above.
+HIST_EDGES = torch.logspace(-3, 3, 49, dtype=torch.float64)
 
 
 @dataclass(frozen=True)
@@ -38,6 +51,7 @@ class TopKIndex:
         self.scores_UK = torch.full((n_units, k), -torch.inf)
         self.ids_UK = torch.full((n_units, k), -1, dtype=torch.long)
         self.pos_UK = torch.zeros((n_units, k), dtype=torch.long)  # flattened h * W + w
+        self.hist_UB = torch.zeros((n_units, len(HIST_EDGES) + 1), dtype=torch.long)
         self.width = 1
 
     @torch.no_grad()
@@ -60,6 +74,10 @@ class TopKIndex:
                              f"and {len(image_ids_B)} ids")
         if torch.isnan(scores_BU).any():
             raise ValueError("scores contain NaN")
+        bins_BU = torch.bucketize(scores_BU.double(), HIST_EDGES, right=True)
+        units_BU = torch.arange(self.n_units).expand(b, -1)
+        self.hist_UB.view(-1).index_add_(0, (units_BU * self.hist_UB.shape[1] + bins_BU).flatten(),
+                                         torch.ones(b * self.n_units, dtype=torch.long))
         ids_UB = torch.as_tensor(image_ids_B, dtype=torch.long).cpu().expand(self.n_units, b)
         pos_UB = torch.zeros_like(ids_UB) if positions_BU is None else positions_BU.cpu().long().T
         scores = torch.cat([self.scores_UK, scores_BU.T], dim=1)
@@ -85,20 +103,53 @@ class TopKIndex:
     def top_ids(self, unit: int) -> list[int]:
         return [h.image_id for h in self.lookup(unit)]
 
-    def save(self, path: str | Path) -> None:
+    def histogram(self, unit: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(counts_B, edges) of ``unit``'s image scores: ``counts_B[0]`` images below
+        ``edges[0]`` (did not fire), ``counts_B[i]`` images in ``[edges[i-1], edges[i])``,
+        ``counts_B[-1]`` images at or above ``edges[-1]``."""
+        return self.hist_UB[self._check_unit(unit)].clone(), HIST_EDGES.clone()
+
+    @property
+    def n_images(self) -> int:
+        """Images seen so far (every image adds one count to every unit's histogram)."""
+        return int(self.hist_UB[0].sum())
+
+    def save(self, path: str | Path, meta: dict[str, Any] | None = None) -> None:
+        """Write ``path`` (``.safetensors``) and its ``.json`` sidecar, each atomically,
+        the JSON last; ``meta`` (JSON-serialisable provenance) goes into the sidecar."""
+        path = Path(path)
         with atomic_path(path) as tmp:
-            with open(tmp, "wb") as f:
-                np.savez(f, scores=self.scores_UK.numpy(), ids=self.ids_UK.numpy(), pos=self.pos_UK.numpy(),
-                         width=np.array(self.width))
+            save_file({"scores_UK": self.scores_UK.contiguous(), "ids_UK": self.ids_UK.contiguous(),
+                       "pos_UK": self.pos_UK.contiguous(), "hist_UB": self.hist_UB.contiguous(),
+                       "hist_edges": HIST_EDGES.clone()}, str(tmp))
+        atomic_write_text(path.with_suffix(".json"), json.dumps(
+            {"n_units": self.n_units, "k": self.k, "width": self.width, "n_images": self.n_images,
+             "meta": meta or {}}, indent=2) + "\n")
 
     @classmethod
     def load(cls, path: str | Path) -> "TopKIndex":
-        data = np.load(path)
-        index = cls(*data["scores"].shape)
-        index.scores_UK = torch.from_numpy(data["scores"])
-        index.ids_UK = torch.from_numpy(data["ids"])
-        index.pos_UK = torch.from_numpy(data["pos"])
-        index.width = int(data["width"])
+        """Read an index written by :meth:`save`; a missing sidecar (never finished) is a
+        ``FileNotFoundError``, an unreadable or inconsistent file a ``ValueError``."""
+        path = Path(path)
+        sidecar = path.with_suffix(".json")
+        if not (path.exists() and sidecar.exists()):
+            raise FileNotFoundError(f"no saved top-k index at {path} (needs {path.name} and {sidecar.name}); "
+                                    "build it with index_maps(...).save(path) or sae.artifacts.load_or_build_index")
+        try:
+            info = json.loads(sidecar.read_text())
+            tensors = load_file(str(path))
+            index = cls(info["n_units"], info["k"])
+            for name in ("scores_UK", "ids_UK", "pos_UK", "hist_UB"):
+                if tensors[name].shape != getattr(index, name).shape:
+                    raise ValueError(f"{name} has shape {tuple(tensors[name].shape)}, "
+                                     f"expected {tuple(getattr(index, name).shape)}")
+                setattr(index, name, tensors[name])
+            if not torch.equal(tensors["hist_edges"], HIST_EDGES):
+                raise ValueError("histogram edges differ from this version's HIST_EDGES")
+        except (SafetensorError, KeyError, ValueError, json.JSONDecodeError) as err:
+            raise ValueError(f"top-k index {path} is corrupt or from another version ({err}); delete {path} "
+                             f"and {sidecar.name} to rebuild it") from err
+        index.width = int(info["width"])
         return index
 
 
@@ -112,3 +163,18 @@ def index_maps(batches: Iterable[tuple[torch.Tensor, torch.Tensor]], maps_fn: Ca
     for ids_B, x in batches:
         index.update_maps(maps_fn(x), ids_B)
     return index
+
+
+@torch.no_grad()
+def rescan_top_ids(batches: Iterable[tuple[torch.Tensor, torch.Tensor]], maps_fn: Callable[[torch.Tensor], torch.Tensor],
+                   unit: int, k: int) -> list[int]:
+    """Dataset search the paper's way (Table 11): a full pass over ``batches``
+    (``(image_ids_B, x)``) scoring one ``unit`` by the peak of ``maps_fn(x)[:, unit]``,
+    then the ids of the ``k`` best images, best first. The reference the index is
+    checked against."""
+    ids, peaks = [], []
+    for ids_B, x in batches:
+        peaks.append(maps_fn(x)[:, unit].flatten(1).amax(1).float().cpu())
+        ids.append(torch.as_tensor(ids_B).cpu())
+    ids_N, peak_N = torch.cat(ids), torch.cat(peaks)
+    return ids_N[peak_N.topk(min(k, len(peak_N))).indices].tolist()

@@ -1,5 +1,5 @@
 """The CNN-architecture transcoder, the paper's SAE variant (paper Sec 3.1, App C.1,
-App J.1; RM §13 J.1).
+App J.1; the authors' release).
 
     pre_BFHW  = Conv2d_{k x k}(s_in * x_BCHW)                    (eq. 38, 7x7 / padding 3 in the paper)
     acts_BFHW = TopK_F(pre_BFHW)  at every position (h, w)       (eq. 39, exactly k non-zeros)
@@ -7,7 +7,7 @@ App J.1; RM §13 J.1).
 
 ``W_dec_FC`` holds one dictionary direction per row (the paper's "columns" of the
 decoder); the trainer keeps every row at unit norm. ``s_in`` / ``s_out`` implement
-lm_saes' dataset-wise normalisation (``norm_activation="dataset-wise"``, RM §13 J.1):
+lm_saes' dataset-wise normalisation (``norm_activation="dataset-wise"`` in the release):
 activations are rescaled so that their mean norm is sqrt(d). With
 ``decoder_norm_topk`` the TopK ranks ``pre * ||W_dec_f||`` (lm_saes'
 ``sparsity_include_decoder_norm``); with unit-norm rows this changes nothing, but it
@@ -73,7 +73,7 @@ class Transcoder(nn.Module):
         W_dec_FC = torch.randn(cfg.d_sae, cfg.d_out, generator=generator)
         self.W_dec_FC = nn.Parameter(W_dec_FC / W_dec_FC.norm(dim=1, keepdim=True))
         self.b_dec_C = nn.Parameter(torch.zeros(cfg.d_out))
-        # Dataset-wise normalisation factors sqrt(d) / E||x|| (RM §13 J.1); 1 = off.
+        # Dataset-wise normalisation factors sqrt(d) / E||x|| (the authors' release); 1 = off.
         self.register_buffer("in_scale", torch.tensor(1.0))
         self.register_buffer("out_scale", torch.tensor(1.0))
 
@@ -89,7 +89,7 @@ class Transcoder(nn.Module):
                ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Sparse codes ``acts_BFHW`` of a raw block input; with ``return_pre`` also the
         dense pre-activation ``pre_BFHW`` (the conv output before TopK), which
-        notebook 04's intrinsic score uses (RM §13 J.2)."""
+        notebook 04's intrinsic score uses (App J.2)."""
         self._check(x_BCHW, self.cfg.d_in, "transcoder input")
         pre_BFHW = F.conv2d(x_BCHW * self.in_scale, self.W_enc_FCkk, self.b_enc_F, padding=self.cfg.kernel_size // 2)
         scores_BFHW = pre_BFHW * self.decoder_norm_F()[:, None, None] if self.cfg.decoder_norm_topk else pre_BFHW
@@ -101,12 +101,15 @@ class Transcoder(nn.Module):
         y_BCHW = torch.einsum("bfhw,fc->bchw", acts_BFHW, self.W_dec_FC) + self.b_dec_C[:, None, None]
         return y_BCHW / self.out_scale
 
-    def forward(self, x_BCHW: torch.Tensor, return_acts: bool = False
-                ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """Prediction of the target from the raw block input (and the codes)."""
-        acts_BFHW = self.encode(x_BCHW)
+    def forward(self, x_BCHW: torch.Tensor, return_acts: bool = False, return_pre: bool = False
+                ) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        """Prediction of the target from the raw block input (and the codes, and the
+        pre-activations, which the trainer's optional AuxK loss reads)."""
+        acts_BFHW, pre_BFHW = self.encode(x_BCHW, return_pre=True)
         y_BCHW = self.decode(acts_BFHW)
-        return (y_BCHW, acts_BFHW) if return_acts else y_BCHW
+        if not (return_acts or return_pre):
+            return y_BCHW
+        return (y_BCHW, acts_BFHW, pre_BFHW) if return_pre else (y_BCHW, acts_BFHW)
 
     # ------------------------------------------------------------------ parameter maintenance
     @torch.no_grad()
