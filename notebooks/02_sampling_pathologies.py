@@ -52,11 +52,12 @@ from klsc_lib.analysis import kde
 from klsc_lib.baselines import gmm as sb
 from klsc_lib.constraints import tilt_reference as tr
 from klsc_lib.constraints.calibration import UnreachableTarget
-from klsc_lib.diffusion.energy_dps import sample_energy_dps
-from klsc_lib.diffusion.gmm_oracle import GMMOracle
+from klsc_lib.diffusion.energy_dps import sample_energy_dps_ddpm
+from klsc_lib.energies import angular_energy, reference_energy
+from klsc_lib.diffusion.gmm_oracle import GMMOracle, gmm_oracle_prior
 from klsc_lib.diffusion.samplers import sample_ddpm, spaced_timesteps
 from klsc_lib.diffusion.schedule import DDPMSchedule
-from klsc_lib.worlds.gmm import AngularScore, four_mode_gmm
+from klsc_lib.worlds.gmm import four_mode_gmm
 from klsc_lib.constraints.matched_calibration import calibrate_knob
 from klsc_lib.profiles import get_profile
 from klsc_lib.report import Report
@@ -81,9 +82,10 @@ cfg
 
 # %%
 gmm = four_mode_gmm().to(dev)
-psi = AngularScore()
+psi = angular_energy()
 schedule = DDPMSchedule()  # 1000 steps, linear beta 1e-4..0.02 (RM §12, J.4)
 oracle = GMMOracle(gmm, schedule)
+prior = gmm_oracle_prior(gmm, schedule)
 timesteps = spaced_timesteps(schedule, cfg.num_steps)
 grid = kde.Grid2D(-5.0, 5.0, cfg.grid_n)
 targets = list(cfg.targets)
@@ -111,8 +113,8 @@ report.metric("exact_tilt_kl", kl_exact, note="KL(q*_t||p) = lambda t - A(lambda
 def energy_dps_draw(lam: float, energy=psi, num_steps: int = cfg.num_steps, offset: int = 1) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed + offset)
     x_T = torch.randn(cfg.n_samples, 2, generator=g, dtype=torch.float64).to(dev)
-    return sample_energy_dps(oracle, x_T, schedule, energy, lam, generator=g,
-                             timesteps=spaced_timesteps(schedule, num_steps), step_size="tilted_score", disable=True)
+    return sample_energy_dps_ddpm(prior, energy, x_T, lam_B=lam, generators=g,
+                                  timesteps=spaced_timesteps(schedule, num_steps), step_size="tilted_score", disable=True)
 
 
 def ddpm_draw(eps_model, offset: int = 2) -> torch.Tensor:
@@ -471,7 +473,7 @@ report.claim("F3_or_outside_typical_set", "Sec 2.2.4 Methodology II, App F.3, Le
 
 # %%
 t_d = cfg.drift_target
-task = sb.reference_task_score(torch.tensor(cfg.task_reference, dtype=torch.float64))
+task = reference_energy(torch.tensor(cfg.task_reference, dtype=torch.float64))
 ref_g = task(ref_pool)
 base_energy = lam_exact[t_d] * ref_psi
 drift = {}
@@ -488,7 +490,7 @@ for omega in tqdm(cfg.drift_omegas, desc="object drift"):
     bound = tr.task_distortion_lower_bound(ref_g, base_energy, s)
     drift[omega] = {"reached": True, "lambda": lam_w, "E_g": s, "kl_to_feature_tilt": tr.kl_between_tilts(energy_w, base_energy),
                     "thm_E3_lower_bound": bound}
-    res = calibrate_knob(lambda lam, om=omega: energy_dps_draw(1.0, energy=sb.task_injected_energy(psi, task, lam, om)),
+    res = calibrate_knob(lambda lam, om=omega: energy_dps_draw(1.0, energy=lam * psi + om * task),
                          psi, t_d, *cfg.lam_bracket, cfg.tol, cfg.calib_max_iter, method=f"EnergyDPS omega={omega:g}",
                          knob_name="lambda")
     if res.reached:

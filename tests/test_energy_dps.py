@@ -1,4 +1,4 @@
-"""EnergyDPS (paper Sec 2.3, Algorithm 1 rebuilt in RM §10, App G)."""
+"""EnergyDPS on any schedule, batched (paper Sec 2.3, Algorithm 1, App G, J.2, J.4)."""
 
 from __future__ import annotations
 
@@ -6,66 +6,128 @@ import math
 
 import pytest
 import torch
+from torch import nn
 
-from klsc_lib.diffusion.energy_dps import NonFiniteGuidance, sample_energy_dps
-from klsc_lib.diffusion.gmm_oracle import GMMOracle
-from klsc_lib.diffusion.samplers import sample_ddpm, spaced_timesteps
+from klsc_lib.diffusion.energy_dps import NonFiniteGuidance, sample_energy_dps_ddim, sample_energy_dps_ddpm
+from klsc_lib.diffusion.gmm_oracle import gmm_oracle_prior
+from klsc_lib.diffusion.samplers import initial_noise, sample_ddim, sample_ddpm, spaced_timesteps
 from klsc_lib.diffusion.schedule import DDPMSchedule
-from klsc_lib.worlds.gmm import AngularScore, GaussianMixture, four_mode_gmm
-
+from klsc_lib.energies import Energy, angular_energy, feature_score
+from klsc_lib.interfaces import Prior
+from klsc_lib.worlds.gmm import GaussianMixture, four_mode_gmm
+from tests.test_energies import channel_reader, identity_backbone
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-
 SCHEDULE = DDPMSchedule()
-STEPS = spaced_timesteps(SCHEDULE, 100)
+STEPS = spaced_timesteps(SCHEDULE, 40)
+F64 = torch.float64
 
 
-def gaussian_oracle(mean=(0.5, -1.0), std=0.7) -> GMMOracle:
-    g = GaussianMixture(torch.tensor([mean], dtype=torch.float64),
-                        (std**2 * torch.eye(2, dtype=torch.float64)).unsqueeze(0), torch.ones(1, dtype=torch.float64))
-    return GMMOracle(g, SCHEDULE)
+def gaussian_prior(mean=(0.5, -1.0), std=0.7) -> Prior:
+    g = GaussianMixture(torch.tensor([mean], dtype=F64), (std**2 * torch.eye(2, dtype=F64)).unsqueeze(0),
+                        torch.ones(1, dtype=F64))
+    return gmm_oracle_prior(g, SCHEDULE)
 
 
-def noise(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Generator]:
-    gen = torch.Generator().manual_seed(seed)
-    return torch.randn(n, 2, generator=gen, dtype=torch.float64), gen
+class TinyEps(nn.Module):
+    """A small random conv eps-model (time enters as a per-step scale)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.SiLU(), nn.Conv2d(8, 3, 3, padding=1))
+
+    def forward(self, x, t_B):
+        return self.net(x) * (1 + t_B.float().reshape(-1, 1, 1, 1) / 1000)
 
 
-def test_linear_psi_on_a_gaussian_gives_the_shifted_gaussian_tilt():
-    """p = N(mu, s^2 I), psi = a.x: q_lambda = N(mu + lambda s^2 a, s^2 I) (Def 2.2). With the
-    tilted-score step and the gradient through the denoiser the plug-in guidance is exact here;
-    all 1000 steps, since DDPM's posterior-variance choice shrinks the variance at coarse spacing."""
-    mu, s, lam = torch.tensor([0.5, -1.0], dtype=torch.float64), 0.7, 1.5
-    a = torch.tensor([1.0, 2.0], dtype=torch.float64)
-    n = 4000
-    x_T, gen = noise(n, 1)
-    x0 = sample_energy_dps(gaussian_oracle(), x_T, SCHEDULE, lambda x: x @ a, lam, generator=gen,
-                           step_size="tilted_score", disable=True)
-    expected_mean = mu + lam * s**2 * a
+def image_prior() -> Prior:
+    return Prior(TinyEps().requires_grad_(False), SCHEDULE, (3, 16, 16), "tiny", clip_x0=(-1.0, 1.0))
+
+
+SAMPLERS = {"ddpm": sample_energy_dps_ddpm,
+            "ddim": lambda *a, **k: sample_energy_dps_ddim(*a, eta=0.5, **k)}
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS)
+@pytest.mark.parametrize("jacobian", [True, False])
+def test_batch_equals_single_runs_on_the_gmm(sampler, jacobian):
+    prior, energy = gmm_oracle_prior(four_mode_gmm(), SCHEDULE), angular_energy()
+    seeds, lam = [3, 1, 4, 1], torch.tensor([0.0, 0.1, 0.3, 0.2], dtype=F64)
+    kw = dict(timesteps=STEPS, grad_through_denoiser=jacobian, dtype=F64, disable=True)
+    batch = SAMPLERS[sampler](prior, energy, lam_B=lam, cap_B=torch.tensor([9.0, 9.0, 5.0, 9.0]), generators=seeds,
+                              **kw)
+    single = torch.cat([SAMPLERS[sampler](prior, energy, lam_B=float(lam[b]), cap_B=[9.0, 9.0, 5.0, 9.0][b],
+                                          generators=[s], **kw) for b, s in enumerate(seeds)])
+    torch.testing.assert_close(batch, single, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS)
+@pytest.mark.parametrize("jacobian", [True, False])
+def test_batch_of_mixed_features_equals_single_runs_on_an_image_prior(sampler, jacobian):
+    prior = image_prior()
+    backbone, tc = identity_backbone(), channel_reader()
+    units = torch.tensor([0, 4, 2])
+    kw = dict(timesteps=spaced_timesteps(SCHEDULE, 8), grad_through_denoiser=jacobian, lam_B=2.0, disable=True)
+    batch = SAMPLERS[sampler](prior, feature_score(backbone, tc, units), generators=[7, 8, 9], **kw)
+    single = torch.cat([SAMPLERS[sampler](prior, feature_score(backbone, tc, int(u)), generators=[s], **kw)
+                        for u, s in zip(units, [7, 8, 9])])
+    torch.testing.assert_close(batch, single, rtol=1e-4, atol=1e-5)
+    unguided = sample_ddpm(prior.eps, initial_noise((3, 16, 16), [7, 8, 9]), SCHEDULE, generator=[7, 8, 9],
+                           timesteps=spaced_timesteps(SCHEDULE, 8), clip_x0=(-1.0, 1.0), disable=True)
+    assert not torch.allclose(batch, unguided, atol=1e-3)
+
+
+def test_lambda_zero_is_the_unguided_sampler_bit_for_bit():
+    prior, energy = gmm_oracle_prior(four_mode_gmm(), SCHEDULE), angular_energy()
+    seeds = list(range(6))
+    x_T = initial_noise((2,), seeds, dtype=F64)
+    ddim = sample_energy_dps_ddim(prior, energy, eta=0.3, timesteps=STEPS, lam_B=0.0, generators=seeds, dtype=F64,
+                                  disable=True)
+    assert torch.equal(ddim, sample_ddim(prior.eps, x_T, SCHEDULE, generator=seeds, timesteps=STEPS, eta=0.3,
+                                         disable=True))
+    ddpm = sample_energy_dps_ddpm(prior, energy, timesteps=STEPS, lam_B=0.0, generators=seeds, dtype=F64,
+                                  disable=True)
+    assert torch.equal(ddpm, sample_ddpm(prior.eps, x_T, SCHEDULE, generator=seeds, timesteps=STEPS, disable=True))
+
+
+def test_cap_below_every_psi_is_unguided_and_above_is_uncapped():
+    prior = gaussian_prior()
+    psi = Energy(lambda x: x[:, 0], "x1")
+    run = lambda lam, cap: sample_energy_dps_ddpm(prior, psi, timesteps=STEPS, lam_B=lam, cap_B=cap,  # noqa: E731
+                                                  generators=list(range(50)), dtype=F64, disable=True)
+    assert torch.equal(run(1.0, -1e9), run(0.0, None))
+    torch.testing.assert_close(run(1.0, 1e9), run(1.0, None))
+    assert not torch.allclose(run(1.0, 0.5), run(1.0, None))
+
+
+@pytest.mark.parametrize("which", ["ddpm", "ddim0"])
+def test_linear_psi_on_a_gaussian_gives_the_shifted_gaussian_tilt(which):
+    """p = N(mu, s^2 I), psi = a.x: q_lambda = N(mu + lambda s^2 a, s^2 I) (Def 2.2). For a linear psi
+    on a Gaussian the plug-in guidance through the denoiser is the exact grad log h_t, so the
+    tilted-score step samples the tilt: DDPM (all 1000 steps) and DDIM eta = 0 (the tilted flow)."""
+    mu, s, lam = torch.tensor([0.5, -1.0], dtype=F64), 0.7, 1.5
+    a = torch.tensor([1.0, 2.0], dtype=F64)
+    n = 3000
+    prior, psi = gaussian_prior(), Energy(lambda x: x @ a, "linear")
+    gen = torch.Generator().manual_seed(1)
+    x_T = torch.randn(n, 2, generator=gen, dtype=F64)
+    if which == "ddpm":
+        x0 = sample_energy_dps_ddpm(prior, psi, x_T, lam_B=lam, step_size="tilted_score", generators=gen, disable=True)
+    else:
+        x0 = sample_energy_dps_ddim(prior, psi, x_T, eta=0.0, timesteps=spaced_timesteps(SCHEDULE, 200), lam_B=lam,
+                                    step_size="tilted_score", disable=True)
     se = s / math.sqrt(n)
-    assert (x0.mean(0) - expected_mean).abs().max() < 4 * se + 0.01, (x0.mean(0), expected_mean)
-    torch.testing.assert_close(x0.var(0), torch.full((2,), s**2, dtype=torch.float64), rtol=0.06, atol=0)
-
-
-def test_lambda_zero_is_plain_ddpm():
-    oracle = GMMOracle(four_mode_gmm(), SCHEDULE)
-    x_T, _ = noise(300, 2)
-    guided = sample_energy_dps(oracle, x_T, SCHEDULE, AngularScore(), 0.0, generator=torch.Generator().manual_seed(20),
-                               timesteps=STEPS, disable=True)
-    plain = sample_ddpm(oracle, x_T, SCHEDULE, generator=torch.Generator().manual_seed(20), timesteps=STEPS,
-                        disable=True)
-    torch.testing.assert_close(guided, plain)
+    assert (x0.mean(0) - (mu + lam * s**2 * a)).abs().max() < 4 * se + 0.01, x0.mean(0)
+    torch.testing.assert_close(x0.var(0), torch.full((2,), s**2, dtype=F64), rtol=0.07, atol=0)
 
 
 def test_guidance_raises_the_mean_score_monotonically():
-    oracle = GMMOracle(four_mode_gmm(), SCHEDULE)
-    psi = AngularScore()
-    means = []
-    for lam in (0.0, 0.05, 0.2):
-        x_T, gen = noise(500, 3)
-        means.append(float(psi(sample_energy_dps(oracle, x_T, SCHEDULE, psi, lam, generator=gen, timesteps=STEPS,
-                                                 step_size="tilted_score", disable=True)).mean()))
+    prior, psi = gmm_oracle_prior(four_mode_gmm(), SCHEDULE), angular_energy()
+    means = [float(psi(sample_energy_dps_ddpm(prior, psi, timesteps=STEPS, lam_B=lam, step_size="tilted_score",
+                                              generators=torch.Generator().manual_seed(3), batch_size=400, dtype=F64,
+                                              disable=True)).mean()) for lam in (0.0, 0.05, 0.2)]
     assert means[0] < means[1] < means[2]
 
 
@@ -75,76 +137,50 @@ def test_non_finite_psi_raises_naming_the_step(bad):
 
     def psi(x):
         calls["n"] += 1
-        out = x.sum(-1)
-        return out * bad if calls["n"] == 4 else out
+        return x.sum(-1) * (bad if calls["n"] == 4 else 1.0)
 
-    x_T, gen = noise(8, 4)
     with pytest.raises(NonFiniteGuidance, match=r"reverse step 3 \(diffusion timestep t=\d+\)"):
-        sample_energy_dps(gaussian_oracle(), x_T, SCHEDULE, psi, 1.0, generator=gen, timesteps=STEPS, disable=True)
+        sample_energy_dps_ddpm(gaussian_prior(), psi, timesteps=STEPS, generators=[0, 1], dtype=F64, disable=True)
 
 
-def test_psi_must_return_one_value_per_sample():
-    x_T, gen = noise(8, 5)
-    with pytest.raises(ValueError, match=r"one value per sample, shape \(8,\)"):
-        sample_energy_dps(gaussian_oracle(), x_T, SCHEDULE, lambda x: x, 1.0, generator=gen, timesteps=STEPS,
-                          disable=True)
-
-
-def test_cap_zeroes_the_guidance_once_psi_exceeds_it():
-    """J.2 'clip': grad min(psi, c) = 0 where psi >= c; a cap below every psi value is
-    unguided sampling, a cap above every value is uncapped guidance."""
-    oracle = gaussian_oracle()
-    psi = lambda x: x[:, 0]  # noqa: E731
-
-    def run(lam, cap):
-        x_T, gen = noise(200, 6)
-        return sample_energy_dps(oracle, x_T, SCHEDULE, psi, lam, cap=cap, generator=gen, timesteps=STEPS,
-                                 disable=True)
-
-    torch.testing.assert_close(run(1.0, -1e9), run(0.0, None))
-    torch.testing.assert_close(run(1.0, 1e9), run(1.0, None))
-    assert not torch.allclose(run(1.0, 0.5), run(1.0, None))
-
-
-def test_gradients_are_per_sample():
-    """Sample 0's trajectory does not depend on the other members of the batch."""
-    oracle = GMMOracle(four_mode_gmm(), SCHEDULE)
-    psi = AngularScore()
-    x_T, _ = noise(6, 7)
-    other = torch.randn(6, 2, generator=torch.Generator().manual_seed(99), dtype=torch.float64)
-    out = []
-    for batch in (x_T, torch.cat([x_T[:1], other[1:]])):
-        out.append(sample_energy_dps(oracle, batch, SCHEDULE, psi, 0.3, generator=torch.Generator().manual_seed(8),
-                                     timesteps=STEPS, disable=True)[0])
-    torch.testing.assert_close(out[0], out[1])
-
-
-def test_denoiser_gradient_option_agrees_when_eps_ignores_x():
-    """With eps independent of x, d x0-hat / d x_t = I / sqrt(abar): both options coincide."""
-    const_eps = lambda x, t: torch.full_like(x, 0.1)  # noqa: E731
-    psi = lambda x: -(x - 1.0).square().sum(-1)  # noqa: E731
-    x_T, _ = noise(16, 9)
-    runs = [sample_energy_dps(const_eps, x_T, SCHEDULE, psi, 0.5, grad_through_denoiser=flag,
-                              generator=torch.Generator().manual_seed(10), timesteps=STEPS, disable=True)
-            for flag in (True, False)]
-    torch.testing.assert_close(runs[0], runs[1])
-
-
-def test_generic_over_image_shapes_with_clipping():
-    """(B, C, H, W) with a toy eps model, clip_x0 and a mean-activation psi (notebook 04 shape)."""
-    eps_model = lambda x, t: 0.5 * x  # noqa: E731
-    psi = lambda x: x.mean(dim=(1, 2, 3))  # noqa: E731
-    gen = torch.Generator().manual_seed(11)
-    x_T = torch.randn(3, 3, 8, 8, generator=gen)
-    seen = []
-    out = sample_energy_dps(eps_model, x_T, SCHEDULE, psi, 2.0, generator=gen, timesteps=spaced_timesteps(SCHEDULE, 20),
-                            clip_x0=(-1.0, 1.0), callback=lambda d: seen.append(d["denoised"].abs().max()),
-                            disable=True)
-    assert out.shape == x_T.shape and out.dtype == x_T.dtype and torch.isfinite(out).all()
-    assert len(seen) == 20 and max(seen) <= 1.0
-
-
-def test_unknown_step_size_is_rejected():
-    x_T, gen = noise(2, 12)
+def test_bad_arguments_are_rejected():
+    prior = gaussian_prior()
+    kw = dict(timesteps=STEPS, generators=[0, 1], dtype=F64, disable=True)
+    with pytest.raises(ValueError, match=r"one value per sample, shape \(2,\)"):
+        sample_energy_dps_ddpm(prior, lambda x: x, **kw)
     with pytest.raises(ValueError, match="step_size"):
-        sample_energy_dps(gaussian_oracle(), x_T, SCHEDULE, lambda x: x.sum(-1), 1.0, step_size="dps", disable=True)
+        sample_energy_dps_ddpm(prior, lambda x: x.sum(-1), step_size="dps", **kw)
+    with pytest.raises(ValueError, match="lam_B"):
+        sample_energy_dps_ddpm(prior, lambda x: x.sum(-1), lam_B=torch.ones(3), **kw)
+    with pytest.raises(ValueError, match="eta"):
+        sample_energy_dps_ddim(prior, lambda x: x.sum(-1), eta=1.5, **kw)
+
+
+class LearnedSigma(nn.Module):
+    """eps from the Gaussian oracle plus a 'learned' log variance equal to log beta-tilde_t
+    (the v = -1 end of the learned range)."""
+
+    def __init__(self, oracle):
+        super().__init__()
+        self.oracle = oracle
+
+    def forward(self, x, t_B):
+        return self.oracle(x, t_B)
+
+    def eps_and_log_variance(self, x, t_B):
+        abar_T, beta_T = SCHEDULE.alphas_cumprod_T, SCHEDULE.betas_T
+        t = int(t_B[0])
+        var = beta_T[t] * (1 - abar_T[t - 1]) / (1 - abar_T[t]) if t > 0 else beta_T[1] * (1 - abar_T[0]) / (1 - abar_T[1])
+        return self.oracle(x, t_B), torch.full_like(x, float(torch.log(var)))
+
+
+def test_learned_variance_at_the_posterior_end_equals_the_posterior_variance_respaced():
+    """With v = -1 the learned range is beta-tilde on the training schedule; respacing must turn it
+    into the respaced step's beta-tilde, i.e. the plain posterior variance of that step."""
+    base = gaussian_prior()
+    learned = Prior(LearnedSigma(base.eps), SCHEDULE, (2,), clip_x0=None)
+    psi = Energy(lambda x: x[:, 1], "x2")
+    kw = dict(timesteps=STEPS, lam_B=0.3, generators=list(range(20)), dtype=F64, disable=True)
+    torch.testing.assert_close(sample_energy_dps_ddpm(learned, psi, **kw), sample_energy_dps_ddpm(base, psi, **kw))
+    with pytest.raises(ValueError, match="eps_and_log_variance"):
+        sample_energy_dps_ddpm(base, psi, variance="learned", **kw)

@@ -1,5 +1,5 @@
 """Baselines, matched-faithfulness calibration and the reference tilt (paper Sec 2.2.3-2.2.4,
-App E, F, H.3, I; RM §2, §6, §8, §9, §12)."""
+App E, F, H.3, I)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ import torch
 from klsc_lib.baselines import gmm as sb
 from klsc_lib.constraints import tilt_reference as tr
 from klsc_lib.constraints.calibration import UnreachableTarget
-from klsc_lib.diffusion.energy_dps import sample_energy_dps
-from klsc_lib.diffusion.gmm_oracle import GMMOracle
+from klsc_lib.diffusion.energy_dps import sample_energy_dps_ddpm
+from klsc_lib.diffusion.gmm_oracle import gmm_oracle_prior
+from klsc_lib.energies import angular_energy, reference_energy
 from klsc_lib.diffusion.samplers import spaced_timesteps
 from klsc_lib.diffusion.schedule import DDPMSchedule
 from klsc_lib.worlds.gmm import AngularScore, four_mode_gmm
@@ -30,7 +31,7 @@ def gen(seed: int = 0) -> torch.Generator:
 # ---- reference tilt ------------------------------------------------------------------------
 
 def test_gaussian_score_tilt_has_lambda_t_and_kl_t2_over_2():
-    """Y = psi(X) ~ N(0, 1): q_lambda = N(lambda, 1), so lambda(t) = t and KL = t^2/2 (RM §6, eqs. 119-124)."""
+    """Y = psi(X) ~ N(0, 1): q_lambda = N(lambda, 1), so lambda(t) = t and KL = t^2/2 (eqs. 119-124)."""
     y_N = torch.randn(400_000, generator=gen(1), dtype=torch.float64)
     for t in (0.5, 1.0, 1.5):
         lam = tr.calibrate_tilt(y_N, t)
@@ -122,13 +123,12 @@ def test_or_raises_on_a_non_finite_gradient():
 def test_energy_dps_calibration_hits_t_within_tolerance():
     gmm, psi = four_mode_gmm(), AngularScore()
     schedule = DDPMSchedule()
-    oracle = GMMOracle(gmm, schedule)
+    prior = gmm_oracle_prior(gmm, schedule)
 
     def draw(lam):
-        g = gen(9)
-        x_T = torch.randn(400, 2, generator=g, dtype=torch.float64)
-        return sample_energy_dps(oracle, x_T, schedule, psi, lam, generator=g,
-                                 timesteps=spaced_timesteps(schedule, 40), step_size="tilted_score", disable=True)
+        return sample_energy_dps_ddpm(prior, psi, timesteps=spaced_timesteps(schedule, 40), lam_B=lam,
+                                      step_size="tilted_score", generators=gen(9), batch_size=400,
+                                      dtype=torch.float64, disable=True)
 
     res = calibrate_knob(draw, psi, 6.0, 0.0, 1.0, tol=0.05, max_iter=20, method="EnergyDPS", knob_name="lambda")
     assert res.reached and abs(float(psi(res.samples).mean()) - 6.0) <= 0.05 and res.mean_psi == pytest.approx(
@@ -152,7 +152,7 @@ def test_decreasing_knob_calibration_reports_ranges_in_psi_units():
 
 def test_prompt_family_sits_above_the_tilt_by_its_kl_to_the_tilt():
     """Csiszar (eq. 175) with E_{p_w} psi = t is the identity KL(p_w||p) = KL(q*||p) + KL(p_w||q*)
-    (RM §2); the family cannot reshape a mode, so the floor is strictly positive."""
+   ; the family cannot reshape a mode, so the floor is strictly positive."""
     gmm, psi = four_mode_gmm(), AngularScore()
     family = sb.PromptFamily(gmm, psi, Grid2D(-7.0, 7.0, 200))
     assert family.prior_mass == pytest.approx(1.0, abs=1e-6)
@@ -173,10 +173,10 @@ def test_prompt_family_sits_above_the_tilt_by_its_kl_to_the_tilt():
 
 def test_task_injected_energy_combines_the_scores():
     x_ref = torch.tensor([2.0, -2.0], dtype=torch.float64)
-    g = sb.reference_task_score(x_ref)
+    g = reference_energy(x_ref)
     x = torch.tensor([[2.0, -2.0], [0.0, 0.0]], dtype=torch.float64)
     torch.testing.assert_close(g(x), torch.tensor([0.0, -8.0], dtype=torch.float64))
-    psi = AngularScore()
-    energy = sb.task_injected_energy(psi, g, 0.5, 0.25)
+    psi = angular_energy()
+    energy = 0.5 * psi + 0.25 * g
     torch.testing.assert_close(energy(x), 0.5 * psi(x) + 0.25 * g(x))
     assert math.isclose(float(energy(x[:1])), 0.5 * float(psi(x[:1])))

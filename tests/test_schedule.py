@@ -1,41 +1,56 @@
-"""DDPMSchedule against the closed forms of the forward and posterior processes."""
+"""DDPMSchedule against independent facts: the float64 product of (1 - beta), the
+forward process's moments by Monte Carlo, round trips."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
 from klsc_lib.diffusion.schedule import DDPMSchedule
 
 
-def test_linear_betas_and_cumprod():
+def test_alpha_bar_is_the_float64_product_of_one_minus_beta():
     s = DDPMSchedule()
-    assert s.betas_T[0] == pytest.approx(1e-4) and s.betas_T[-1] == pytest.approx(0.02)
-    assert torch.allclose(s.alphas_cumprod_T[1:] / s.alphas_cumprod_T[:-1], 1 - s.betas_T[1:])
+    betas = np.linspace(1e-4, 0.02, 1000, dtype=np.float64)
+    np.testing.assert_allclose(s.alphas_cumprod_T.numpy(), np.cumprod(1.0 - betas), rtol=1e-12)
     assert s.alphas_cumprod_T[-1] < 1e-4  # x_T is (almost) pure noise
+
+
+@pytest.mark.parametrize("t", [10, 300, 900])
+def test_add_noise_has_the_forward_marginal_moments(t):
+    """x_t | x0 ~ N(sqrt(abar_t) x0, (1 - abar_t) I), by Monte Carlo."""
+    s = DDPMSchedule()
+    n, g = 200_000, torch.Generator().manual_seed(t)
+    x0 = torch.full((n, 1), -1.3, dtype=torch.float64)
+    xt = s.add_noise(x0, torch.randn(n, 1, generator=g, dtype=torch.float64), torch.full((n,), t))
+    abar = float(np.prod(1 - np.linspace(1e-4, 0.02, 1000)[: t + 1]))
+    assert abs(float(xt.mean()) + 1.3 * abar**0.5) < 4 / n**0.5
+    assert float(xt.var()) == pytest.approx(1 - abar, rel=0.01, abs=1e-4)
 
 
 def test_predict_x0_inverts_add_noise_and_score_eps_round_trip():
     s = DDPMSchedule()
     g = torch.Generator().manual_seed(0)
-    x0, eps = torch.randn(8, 3, 4, 4, generator=g, dtype=torch.float64), torch.randn(8, 3, 4, 4, generator=g, dtype=torch.float64)
+    x0, eps = (torch.randn(8, 3, 4, 4, generator=g, dtype=torch.float64) for _ in range(2))
     t = torch.randint(0, 1000, (8,), generator=g)
     xt = s.add_noise(x0, eps, t)
     assert torch.allclose(s.predict_x0(xt, eps, t), x0, atol=1e-8)
     assert torch.allclose(s.eps_from_score(s.score_from_eps(eps, t), t), eps)
 
 
-def test_step_with_true_noise_is_the_gaussian_posterior_mean():
-    """With the exact eps, the noiseless step equals E[x_{t-1} | x_t, x_0] in closed form."""
+def test_step_keeps_the_forward_marginal():
+    """x_t ~ q(x_t|x0), x_{t-1} = step(true eps, x_t, z): then x_{t-1} ~ q(x_{t-1}|x0) (Monte Carlo)."""
     s = DDPMSchedule(num_train_timesteps=50)
-    g = torch.Generator().manual_seed(1)
-    x0, eps = torch.randn(16, 2, generator=g, dtype=torch.float64), torch.randn(16, 2, generator=g, dtype=torch.float64)
-    t = torch.full((16,), 30)
-    xt = s.add_noise(x0, eps, t)
-    out = s.step(eps, t, xt)
-    ab, ab_prev, b = s.alphas_cumprod_T[30], s.alphas_cumprod_T[29], s.betas_T[30]
-    mean = (ab_prev.sqrt() * b / (1 - ab)) * x0 + ((1 - b).sqrt() * (1 - ab_prev) / (1 - ab)) * xt
-    assert torch.allclose(out.prev_sample, mean) and torch.allclose(out.pred_original_sample, x0)
+    n, g = 200_000, torch.Generator().manual_seed(1)
+    x0 = torch.full((n, 1), 0.5, dtype=torch.float64)
+    eps = torch.randn(n, 1, generator=g, dtype=torch.float64)
+    t = torch.full((n,), 30)
+    out = s.step(eps, t, s.add_noise(x0, eps, t), noise=torch.randn(n, 1, generator=g, dtype=torch.float64))
+    abar_prev = float(s.alphas_cumprod_T[29])
+    assert torch.allclose(out.pred_original_sample, x0)
+    assert abs(float(out.prev_sample.mean()) - 0.5 * abar_prev**0.5) < 4 / n**0.5
+    assert float(out.prev_sample.var()) == pytest.approx(1 - abar_prev, rel=0.01)
 
 
 def test_last_step_adds_no_noise_and_clip_applies():

@@ -4,7 +4,7 @@
   one bandwidth h shared by all methods, q_h = (1/n) sum_i N(x_i, h^2 I), is compared
   with the equally smoothed prior p_h = p * N(0, h^2 I), exact in closed form for a
   GMM (:meth:`GaussianMixture.smoothed`), by a Riemann sum on a fixed grid over the
-  displayed domain with a 1e-300 floor (RM §12). Samples are finite-support, so a
+  displayed domain with a 1e-300 floor. Samples are finite-support, so a
   literal KL(q||p) is ill-defined; smoothing both sides equally makes it finite and
   comparable across methods.
 - :func:`energy_distance`: a bandwidth-free two-sample statistic (Szekely-Rizzo).

@@ -1,5 +1,5 @@
 """The sampling paradigms EnergyDPS is compared with (paper Sec 2.2.3-2.2.4, App E,
-F, I.1-I.2; RM §8, §9, §12), each with a single knob.
+F, I.1-I.2), each with a single knob.
 
 - Retrieval (Sec 2.2.4 Methodology I, I.1 eq. 206): the top-k of a finite prior pool
   by psi; knob k, found by a prefix search on the sorted pool. Lemma F.1: the
@@ -12,13 +12,12 @@ F, I.1-I.2; RM §8, §9, §12), each with a single knob.
   prior), p_w = sum_k w_k N(mu_k, Sigma_k); the within-family KL-minimal member at
   level t reweights the components, w ∝ pi_k e^{lambda m_k} with m_k = E_{N_k} psi;
   knob lambda.
-- Object drift (Sec 2.2.3, App E, L.5 eqs. 215-216): a task score g (pixel reference,
-  g = -||x - x_ref||^2) injected with weight omega beside psi.
+
+Scores are :class:`~klsc_lib.energies.Energy` objects or plain callables x -> psi_B;
+the task term of object drift is :func:`klsc_lib.energies.reference_energy`.
 """
 
 from __future__ import annotations
-
-from typing import Callable
 
 import torch
 
@@ -26,9 +25,7 @@ from klsc_lib.constraints.calibration import bisect_increasing
 from klsc_lib.worlds.gmm import GaussianMixture
 from klsc_lib.analysis.kde import Grid2D
 from klsc_lib.constraints.matched_calibration import Calibrated
-
-Score = Callable[[torch.Tensor], torch.Tensor]  # (B, D) -> (B,)
-
+from klsc_lib.energies.base import ScoreFn as Score
 
 # ---- Methodology I: retrieval -------------------------------------------------------------
 
@@ -117,20 +114,6 @@ def calibrate_prompt_weights(prior_weights_K: torch.Tensor, component_means_K: t
         lambda l: float((prompt_family_weights(prior_weights_K, component_means_K, l) * component_means_K).sum()),
         target, lo, hi, tol=1e-10, max_iter=200, what="prompt strength lambda")
     return lam, prompt_family_weights(prior_weights_K, component_means_K, lam)
-
-
-# ---- Object drift: task injection ---------------------------------------------------------
-
-def reference_task_score(x_ref_D: torch.Tensor) -> Score:
-    """g(x) = -||x - x_ref||^2, the pixel-reference task of eq. (216)."""
-    def g(x_BD: torch.Tensor) -> torch.Tensor:
-        return -(x_BD - x_ref_D.to(x_BD)).square().sum(-1)
-    return g
-
-
-def task_injected_energy(psi: Score, task: Score, lam: float, omega: float) -> Score:
-    """lambda psi + omega g, the exponent of p^{lambda, omega} (eq. 215)."""
-    return lambda x_BD: lam * psi(x_BD) + omega * task(x_BD)
 
 
 class PromptFamily:

@@ -1,107 +1,152 @@
-"""EnergyDPS (paper Sec 2.3, Algorithm 1 as rebuilt in RM §10): DDPM ancestral
-sampling of the prior plus, at every reverse step, the gradient of the intrinsic
-score psi evaluated on Tweedie's clean estimate,
+"""EnergyDPS (paper Sec 2.3, Algorithm 1, App G, J.4) on any schedule, batched.
 
-    x0-hat = (x_i + (1 - abar_i) s_theta(x_i, i)) / sqrt(abar_i)        (line 4)
-    x_{i-1} = ancestral_step(x_i, x0-hat) + zeta_i * lambda * grad_{x_i} psi(x0-hat)   (lines 6-7)
+At every reverse step one guidance routine (:func:`guidance_step`) forms Tweedie's
+x0-hat and the gradient of the energy psi on it; the sampler (DDPM ancestral or
+DDIM) takes its usual step and adds zeta_i * lambda_b * grad_b:
 
-i.e. the plug-in grad log h_t ~ lambda grad psi(x0-hat) of App G (eq. 193) for the
-KLSC tilt p^lambda ∝ p e^{lambda psi} (eq. 24). The DPS details, made explicit:
+    x0-hat  = (x_i - sqrt(1 - abar_i) eps(x_i, i)) / sqrt(abar_i)          (Alg. 1 line 4)
+    x_{i-1} = step(x_i, x0-hat) + zeta_i lambda grad_{x_i} obj(psi(x0-hat))  (lines 6-7)
 
-- ``grad_through_denoiser``: True (DPS, released code) differentiates through the
-  denoiser, grad_{x_i} psi(x0-hat(x_i)); False treats eps as constant, so
-  d x0-hat / d x_i = I / sqrt(abar_i) (cheaper: no backward pass through a UNet).
-- ``step_size``: ``"constant"`` uses zeta_i = zeta for every step (DPS; the released
-  code has zeta * lambda = 1.0, RM §13 J.4); ``"tilted_score"`` uses
-  zeta_i = zeta * beta_i / sqrt(alpha_i), which is exactly sampling with the score
-  s + lambda grad psi(x0-hat) (App G.4), so lambda means the tilt's lambda.
-- The step is applied to x_{i-1} after the ancestral update, with the gradient
-  taken at x_i (DPS Algorithm 1).
-- Gradients are per sample: psi returns one value per sample and the gradient of
-  the batch sum gives each sample its own gradient, with no batch-wide norm (DPS
-  divides by the norm of the whole batch's residual, which couples samples).
-- ``cap`` c: the J.2 'clip' objective min(psi(x0-hat), c), whose gradient is 0 once
-  psi >= c.
-- ``clip_x0``: clamp x0-hat (guided-diffusion ``clip_denoised``) before psi and the
-  ancestral step; None for the GMM.
+the plug-in grad log h_t ~ lambda grad psi(x0-hat) of App G (eq. 193) for the KLSC
+tilt p^lambda ∝ p e^{lambda psi} (eq. 24). Choices, made explicit:
 
-The function is generic over the shape of x: (B, D) for the GMM oracle, (B, C, H, W)
-for a UNet prior with a transcoder-feature psi (notebook 04).
+- ``grad_through_denoiser``: True (DPS, released code) differentiates psi(x0-hat(x_i))
+  through the denoiser; False is Jacobian-free: the gradient of psi w.r.t. x0-hat,
+  times d x0-hat / d x_i = 1 / sqrt(abar_i) with eps held fixed.
+- ``step_size``: ``"constant"``: zeta_i = zeta (the paper's zeta * lambda = 1.0,
+  App J.4); ``"tilted_score"``: zeta_i = zeta * d x_{i-1} / d score, so the step
+  equals sampling with the score s + lambda grad psi(x0-hat) and lambda is the tilt's
+  lambda (App G.4).
+- Per sample: ``lam_B`` and ``cap_B`` (scalars or one value per sample), the
+  gradient of the batch sum of the objective (samples are independent, so each gets
+  its own gradient; no batch-wide normalisation), and per-sample generators, so a
+  batch of B equals B single runs with the same seeds.
+- ``cap_B`` with ``cap_mode`` clip / hinge / target (App J.2, :mod:`klsc_lib.energies.caps`).
+- NaN / inf in psi or its gradient raises :class:`NonFiniteGuidance`.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Literal
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
-from tqdm.auto import tqdm
 
-from klsc_lib.diffusion.samplers import (Callback, ancestral_step, noise_like, tilted_score_step_size, timestep_batch,
-                                         validated_timesteps)
-from klsc_lib.diffusion.schedule import DDPMSchedule
+from klsc_lib.diffusion.samplers import (Callback, DenoiserOutput, Generators, Variance, denoise, initial_noise,
+                                         reverse_process, tilted_score_step_size)
+from klsc_lib.energies.base import Energy, ScoreFn, as_energy
+from klsc_lib.energies.caps import CAP_MODES, capped_objective
+from klsc_lib.interfaces import Prior
 
-Psi = Callable[[torch.Tensor], torch.Tensor]  # (B, ...) -> (B,)
+StepSize = Literal["constant", "tilted_score"]
 
 
 class NonFiniteGuidance(FloatingPointError):
     """psi or its gradient was NaN / inf during guided sampling."""
 
 
-def _guidance_gradient(psi: Psi, model, x: torch.Tensor, t: int, i: int, schedule: DDPMSchedule,
-                       extra_args: dict, cap: float | None, grad_through_denoiser: bool,
-                       clip_x0: tuple[float, float] | None):
-    """(x0-hat, psi(x0-hat), grad_{x_i} of psi or min(psi, cap)), all detached."""
-    t_B = timestep_batch(t, x)
+@dataclass(frozen=True)
+class GuidanceOutput(DenoiserOutput):
+    """The denoiser output plus psi(x0-hat) and the gradient of the (capped) objective
+    w.r.t. x_t, all detached."""
+
+    psi: torch.Tensor | None = None
+    grad: torch.Tensor | None = None
+
+
+def guidance_step(prior: Prior, energy: Energy, x: torch.Tensor, t: int, i: int = 0, *,
+                  cap_B: torch.Tensor | float | None = None, cap_mode: str = "clip", kappa: float = 10.0,
+                  grad_through_denoiser: bool = True, variance: Variance = "auto") -> GuidanceOutput:
+    """x0-hat at x_t and grad_{x_t} of obj(psi(x0-hat)) per sample (``i`` names the reverse
+    step in errors)."""
     with torch.enable_grad():
         x_in = x.detach().requires_grad_(grad_through_denoiser)
-        eps = model(x_in, t_B, **extra_args)
-        x0 = schedule.predict_x0(x_in, eps, t_B)
-        if clip_x0 is not None:
-            x0 = x0.clamp(*clip_x0)
-        wrt = x_in if grad_through_denoiser else x0.detach().requires_grad_(True)
-        psi_B = psi(x0 if grad_through_denoiser else wrt)
-        if psi_B.shape != (x.shape[0],):
-            raise ValueError(f"psi must return one value per sample, shape ({x.shape[0]},); got {tuple(psi_B.shape)}")
+        out = denoise(prior.eps, prior.schedule, x_in, t, clip_x0=prior.clip_x0, variance=variance)
+        wrt = x_in if grad_through_denoiser else out.denoised.detach().requires_grad_(True)
+        psi_B = energy(out.denoised if grad_through_denoiser else wrt)
         bad = ~torch.isfinite(psi_B)
         if bad.any():
             raise NonFiniteGuidance(
-                f"psi returned NaN/inf for {int(bad.sum())} of {len(psi_B)} samples at reverse step {i} "
-                f"(diffusion timestep t={t}); make psi finite on every x0-hat the sampler can produce "
-                "(e.g. guard divisions/logs, or clip_x0 to the data range)")
-        objective_B = psi_B if cap is None else psi_B.clamp(max=cap)
+                f"energy {energy.name!r} returned NaN/inf for {int(bad.sum())} of {len(psi_B)} samples at reverse "
+                f"step {i} (diffusion timestep t={t}); make psi finite on every x0-hat the sampler can produce "
+                "(guard divisions/logs, or clip x0-hat to the data range)")
+        objective_B = capped_objective(psi_B, cap_B, cap_mode, kappa)
         (grad,) = torch.autograd.grad(objective_B.sum(), wrt)
     if not grad_through_denoiser:
-        grad = grad / float(schedule.alphas_cumprod_T[t]) ** 0.5  # d x0-hat / d x_i with eps held fixed
+        grad = grad / float(prior.schedule.alphas_cumprod_T[t]) ** 0.5  # d x0-hat / d x_t with eps held fixed
     if not torch.isfinite(grad).all():
-        raise NonFiniteGuidance(f"the gradient of psi is NaN/inf at reverse step {i} (diffusion timestep t={t}); "
-                                "psi is not differentiable at some x0-hat")
-    return x0.detach(), psi_B.detach(), grad
+        raise NonFiniteGuidance(f"the gradient of {energy.name!r} is NaN/inf at reverse step {i} (diffusion "
+                                f"timestep t={t}); psi is not differentiable at some x0-hat")
+    log_var = None if out.log_variance is None else out.log_variance.detach()
+    return GuidanceOutput(out.eps.detach(), out.denoised.detach(), log_var, psi_B.detach(), grad.detach())
 
 
-def sample_energy_dps(model: Callable[..., torch.Tensor], x: torch.Tensor, schedule: DDPMSchedule, psi: Psi,
-                      lam: float, extra_args: dict | None = None, callback: Callback | None = None,
-                      disable: bool | None = None, generator: torch.Generator | None = None,
-                      timesteps: torch.Tensor | None = None, zeta: float = 1.0,
-                      step_size: Literal["constant", "tilted_score"] = "constant", cap: float | None = None,
-                      grad_through_denoiser: bool = True,
-                      clip_x0: tuple[float, float] | None = None) -> torch.Tensor:
-    """EnergyDPS (Algorithm 1) from the noise ``x`` = x_T; returns x_0. With ``lam = 0``
-    it draws the same samples as :func:`sample_ddpm` for the same generator.
+def _per_sample(value, batch: int, like: torch.Tensor, what: str) -> torch.Tensor:
+    """A scalar or (B,) value as a tensor broadcasting against ``like`` (B, ...)."""
+    v = torch.as_tensor(value, dtype=like.dtype, device=like.device)
+    if v.ndim == 0:
+        v = v.expand(batch)
+    if v.shape != (batch,):
+        raise ValueError(f"{what} must be a scalar or one value per sample ({batch},), got shape {tuple(v.shape)}")
+    return v.reshape(-1, *([1] * (like.ndim - 1)))
 
-    ``callback`` gets ``{"x", "i", "t", "denoised", "psi"}`` at every step.
-    """
+
+def _sample_guided(prior: Prior, energy: Energy | ScoreFn, x_T: torch.Tensor | None, eta: float | None, *,
+                   timesteps, lam_B, cap_B, cap_mode, kappa, grad_through_denoiser, step_size, zeta, variance,
+                   generators, batch_size, dtype, device, callback, disable) -> torch.Tensor:
     if step_size not in ("constant", "tilted_score"):
         raise ValueError(f"step_size must be 'constant' or 'tilted_score', got {step_size!r}")
-    extra_args = {} if extra_args is None else extra_args
-    timesteps = validated_timesteps(schedule, timesteps)
-    prev_T = torch.cat([timesteps[1:], timesteps.new_full((1,), -1)])
-    x = x.detach()
-    for i, (t, t_prev) in enumerate(tqdm(list(zip(timesteps.tolist(), prev_T.tolist())), disable=disable)):
-        x0, psi_B, grad = _guidance_gradient(psi, model, x, t, i, schedule, extra_args, cap,
-                                             grad_through_denoiser, clip_x0)
-        if callback is not None:
-            callback({"x": x, "i": i, "t": t, "denoised": x0, "psi": psi_B})
-        zeta_i = zeta * (tilted_score_step_size(schedule, t, t_prev) if step_size == "tilted_score" else 1.0)
-        x_prev = ancestral_step(schedule, x, x0, t, t_prev, noise_like(x, generator) if t_prev >= 0 else None)
-        x = (x_prev + zeta_i * lam * grad).detach()
-    return x
+    if cap_mode not in CAP_MODES:
+        raise ValueError(f"cap_mode must be one of {CAP_MODES}, got {cap_mode!r}")
+    energy = as_energy(energy)
+    if x_T is None:
+        x_T = initial_noise(prior.sample_shape, generators, batch_size, dtype, device)
+    batch = x_T.shape[0]
+    lam = _per_sample(lam_B, batch, x_T, "lam_B")
+    cap = None if cap_B is None else _per_sample(cap_B, batch, x_T, "cap_B").reshape(-1)
+    schedule = prior.schedule
+
+    def guide(x: torch.Tensor, i: int, t: int, t_prev: int):
+        out = guidance_step(prior, energy, x, t, i, cap_B=cap, cap_mode=cap_mode, kappa=kappa,
+                            grad_through_denoiser=grad_through_denoiser, variance=variance)
+        zeta_i = zeta * (tilted_score_step_size(schedule, t, t_prev, 1.0 if eta is None else eta)
+                         if step_size == "tilted_score" else 1.0)
+        return out, (zeta_i * lam) * out.grad, {"psi": out.psi}
+
+    return reverse_process(prior.eps, x_T, schedule, eta=eta, callback=callback, disable=disable,
+                           generator=generators, timesteps=timesteps, clip_x0=prior.clip_x0, variance=variance,
+                           guide=guide)
+
+
+def sample_energy_dps_ddpm(prior: Prior, energy: Energy | ScoreFn, x_T: torch.Tensor | None = None, *,
+                           timesteps: torch.Tensor | None = None, lam_B: float | torch.Tensor = 1.0,
+                           cap_B: float | torch.Tensor | None = None, cap_mode: str = "clip", kappa: float = 10.0,
+                           grad_through_denoiser: bool = True, step_size: StepSize = "constant", zeta: float = 1.0,
+                           variance: Variance = "auto", generators: Generators = None, batch_size: int | None = None,
+                           dtype: torch.dtype = torch.float32, device: torch.device | str | None = None,
+                           callback: Callback | None = None, disable: bool | None = None) -> torch.Tensor:
+    """EnergyDPS with DDPM ancestral steps (Algorithm 1; all 1000 steps or respaced
+    ``timesteps``), from ``x_T`` or from noise drawn with ``generators``; returns x_0.
+
+    ``lam_B = 0`` draws exactly the samples of :func:`~klsc_lib.diffusion.samplers.sample_ddpm`
+    with the same generators. ``callback`` gets ``{"x", "i", "t", "denoised", "psi"}``."""
+    return _sample_guided(prior, energy, x_T, None, timesteps=timesteps, lam_B=lam_B, cap_B=cap_B, cap_mode=cap_mode,
+                          kappa=kappa, grad_through_denoiser=grad_through_denoiser, step_size=step_size, zeta=zeta,
+                          variance=variance, generators=generators, batch_size=batch_size, dtype=dtype,
+                          device=device, callback=callback, disable=disable)
+
+
+def sample_energy_dps_ddim(prior: Prior, energy: Energy | ScoreFn, x_T: torch.Tensor | None = None, *,
+                           eta: float = 0.0, timesteps: torch.Tensor | None = None,
+                           lam_B: float | torch.Tensor = 1.0, cap_B: float | torch.Tensor | None = None,
+                           cap_mode: str = "clip", kappa: float = 10.0, grad_through_denoiser: bool = True,
+                           step_size: StepSize = "constant", zeta: float = 1.0, generators: Generators = None,
+                           batch_size: int | None = None, dtype: torch.dtype = torch.float32,
+                           device: torch.device | str | None = None, callback: Callback | None = None,
+                           disable: bool | None = None) -> torch.Tensor:
+    """EnergyDPS with DDIM(eta) steps on stride-spaced ``timesteps``; ``lam_B = 0`` is
+    :func:`~klsc_lib.diffusion.samplers.sample_ddim` bit for bit."""
+    return _sample_guided(prior, energy, x_T, eta, timesteps=timesteps, lam_B=lam_B, cap_B=cap_B, cap_mode=cap_mode,
+                          kappa=kappa, grad_through_denoiser=grad_through_denoiser, step_size=step_size, zeta=zeta,
+                          variance="posterior", generators=generators, batch_size=batch_size, dtype=dtype,
+                          device=device, callback=callback, disable=disable)

@@ -1,5 +1,5 @@
 """The exact (oracle) diffusion score of a Gaussian mixture prior at every DDPM
-timestep (paper App I.3, eqs. 208-211; RM §10): the noised marginal is again a
+timestep (paper App I.3, eqs. 208-211): the noised marginal is again a
 mixture, p_t = sum_k pi_k N(sqrt(abar_t) mu_k, abar_t Sigma_k + (1 - abar_t) I), and
 its score is sum_k gamma_k(x) Sigma_{t,k}^{-1} (m_{t,k} - x). "In Algorithm 1 we set
 s_theta = grad log p_t" (I.3): the oracle plugs into every sampler as an

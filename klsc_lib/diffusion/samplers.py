@@ -1,20 +1,30 @@
-"""Reverse-diffusion samplers in the shape of k-diffusion's ``sampling.py``: one
-plain function per sampler, ``model, x, schedule, extra_args=None, callback=None,
-disable=None`` plus a ``generator`` and optional respaced ``timesteps``.
+"""Reverse-diffusion samplers in the shape of k-diffusion's ``sampling.py``: one plain
+function per sampler, ``model, x, schedule, extra_args=None, callback=None,
+disable=None`` plus ``generator`` and optional respaced ``timesteps``.
 
 ``model(x_t, t_B, **extra_args) -> eps`` is an epsilon-predictor on integer DDPM
 timesteps (a UNet on ``(B, C, H, W)`` or the oracle GMM on ``(B, D)``; paper App G,
-I.3). ``x`` is the starting noise x_T ~ N(0, I).
+I.3). A model with an ``eps_and_log_variance`` method (guided-diffusion's
+learned-range variance, App J.4) gets its learned variance in DDPM steps.
 
 Respacing (guided-diffusion ``space_timesteps``): a decreasing subset
-t_N > ... > t_1 > t_0 = 0 of the training steps is walked with the effective
-betas beta_i = 1 - abar_{t_i} / abar_{t_{i-1}}; with every training step it is
-exactly :meth:`DDPMSchedule.step` (RM §10 Algorithm 1 lines 4-6).
+t_N > ... > t_1 > t_0 = 0 of the training steps is walked with the effective betas
+beta_i = 1 - abar_{t_i} / abar_{t_{i-1}} (:func:`step_alphas`).
+
+Noise: ``generator`` is one ``torch.Generator`` for the whole batch, or one
+generator (or integer seed) per sample. With per-sample generators every sample's
+noise, x_T included, comes from its own stream, so a batch of B equals B single runs
+with the same seeds and a sample never depends on what else is in its batch.
+
+The guided samplers of :mod:`klsc_lib.diffusion.energy_dps` run the same loop
+(:func:`reverse_process`) with a guidance shift added after every step.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Literal, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -22,11 +32,15 @@ from tqdm.auto import tqdm
 from klsc_lib.diffusion.schedule import DDPMSchedule
 
 Callback = Callable[[dict[str, Any]], None]
+Generators = torch.Generator | Sequence[torch.Generator] | Sequence[int] | torch.Tensor | None
+Variance = Literal["auto", "posterior", "learned"]
 
+
+# ---- timesteps --------------------------------------------------------------------------
 
 def spaced_timesteps(schedule: DDPMSchedule, num_steps: int | None = None) -> torch.Tensor:
-    """``num_steps`` evenly spaced training timesteps, decreasing, from T-1 down to 0
-    (all T of them when ``num_steps`` is None)."""
+    """``num_steps`` evenly spaced training timesteps ("stride" spacing), decreasing from
+    T-1 down to 0 (all T of them when ``num_steps`` is None)."""
     T = schedule.num_train_timesteps
     if num_steps is None:
         num_steps = T
@@ -50,31 +64,69 @@ def validated_timesteps(schedule: DDPMSchedule, timesteps: torch.Tensor | None) 
     return timesteps
 
 
-def _alpha_bars(schedule: DDPMSchedule, t: int, t_prev: int) -> tuple[float, float]:
-    """(abar_t, abar_prev) with abar = 1 before the first step (t_prev = -1)."""
+def step_pairs(timesteps: torch.Tensor) -> list[tuple[int, int]]:
+    """(t, t_prev) for every reverse step, t_prev = -1 after the last one."""
+    prev = torch.cat([timesteps[1:], timesteps.new_full((1,), -1)])
+    return list(zip(timesteps.tolist(), prev.tolist()))
+
+
+def step_alphas(schedule: DDPMSchedule, t: int, t_prev: int) -> tuple[float, float, float]:
+    """(abar_t, abar_prev, beta_i) of one (possibly respaced) step; abar = 1 before the
+    first training step (t_prev = -1) and beta_i = 1 - abar_t / abar_prev."""
     abar_T = schedule.alphas_cumprod_T
-    return float(abar_T[t]), (float(abar_T[t_prev]) if t_prev >= 0 else 1.0)
+    abar, abar_prev = float(abar_T[t]), (float(abar_T[t_prev]) if t_prev >= 0 else 1.0)
+    return abar, abar_prev, 1.0 - abar / abar_prev
 
 
-def ancestral_step(schedule: DDPMSchedule, x: torch.Tensor, x0: torch.Tensor, t: int, t_prev: int,
-                   noise: torch.Tensor | None) -> torch.Tensor:
-    """x_{t_prev} ~ q(x_{t_prev} | x_t, x0-hat): posterior mean plus sigma-tilde z (RM §10 line 6).
-    ``noise`` is ignored at the last step (t_prev = -1)."""
-    abar, abar_prev = _alpha_bars(schedule, t, t_prev)
-    beta = 1.0 - abar / abar_prev
-    mean = (abar_prev**0.5 * beta / (1 - abar)) * x0 + ((1 - beta) ** 0.5 * (1 - abar_prev) / (1 - abar)) * x
-    if t_prev < 0 or noise is None:
-        return mean
-    return mean + (beta * (1 - abar_prev) / (1 - abar)) ** 0.5 * noise
+# ---- noise ------------------------------------------------------------------------------
+
+def resolve_generators(generators: Generators, batch: int | None = None
+                       ) -> torch.Generator | list[torch.Generator] | None:
+    """One shared generator, or a list of per-sample generators (integer seeds are seeded
+    CPU generators); a list must have one entry per sample."""
+    if generators is None or isinstance(generators, torch.Generator):
+        return generators
+    items = generators.tolist() if isinstance(generators, torch.Tensor) else list(generators)
+    gens = [g if isinstance(g, torch.Generator) else torch.Generator().manual_seed(int(g)) for g in items]
+    if batch is not None and len(gens) != batch:
+        raise ValueError(f"{len(gens)} per-sample generators/seeds for a batch of {batch}; pass one per sample")
+    return gens
 
 
-def tilted_score_step_size(schedule: DDPMSchedule, t: int, t_prev: int) -> float:
-    """beta_i / sqrt(alpha_i): the change of the ancestral mean per unit change of the
-    score, so that adding ``zeta_i * g`` to x_{i-1} equals sampling with score + g
-    (the ideal tilted score of App G eq. 193)."""
-    abar, abar_prev = _alpha_bars(schedule, t, t_prev)
-    alpha = abar / abar_prev
-    return (1.0 - alpha) / alpha**0.5
+def noise_like(x: torch.Tensor, generator: torch.Generator | list[torch.Generator] | None) -> torch.Tensor:
+    """Standard normal noise shaped like ``x``, drawn on the generator's device (CPU by
+    default, so a seeded run gives the same samples on every device); with a list, row b
+    comes from generator b."""
+    if isinstance(generator, list):
+        if len(generator) != x.shape[0]:
+            raise ValueError(f"{len(generator)} per-sample generators for a batch of {x.shape[0]}")
+        rows = [torch.randn(x.shape[1:], generator=g, dtype=x.dtype, device=g.device) for g in generator]
+        return torch.stack(rows).to(x.device)
+    device = generator.device if generator is not None else x.device
+    return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=device).to(x.device)
+
+
+def initial_noise(sample_shape: tuple[int, ...], generators: Generators, batch: int | None = None,
+                  dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> torch.Tensor:
+    """x_T ~ N(0, I) of shape (B, *sample_shape): B from the per-sample generators or ``batch``."""
+    gens = resolve_generators(generators, batch)
+    if isinstance(gens, list):
+        batch = len(gens)
+    if batch is None:
+        raise ValueError("give x_T, per-sample generators/seeds, or batch_size to set the batch size")
+    return noise_like(torch.empty((batch, *sample_shape), dtype=dtype, device=device), gens)
+
+
+# ---- one reverse step -------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class DenoiserOutput:
+    """What the denoiser says at x_t: eps, Tweedie's x0-hat (clipped if asked) and,
+    for learned-variance models, the log variance on the training schedule."""
+
+    eps: torch.Tensor
+    denoised: torch.Tensor
+    log_variance: torch.Tensor | None = None
 
 
 def timestep_batch(t: int, x: torch.Tensor) -> torch.Tensor:
@@ -82,61 +134,142 @@ def timestep_batch(t: int, x: torch.Tensor) -> torch.Tensor:
     return torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
 
 
-def noise_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    """Standard normal noise drawn on the generator's device (CPU by default), so a
-    seeded run gives the same samples on every device."""
-    device = generator.device if generator is not None else x.device
-    return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=device).to(x.device)
+def denoise(model: Callable[..., torch.Tensor], schedule: DDPMSchedule, x: torch.Tensor, t: int,
+            extra_args: dict | None = None, clip_x0: tuple[float, float] | None = None,
+            variance: Variance = "auto") -> DenoiserOutput:
+    """One model call: eps, x0-hat (clamped to ``clip_x0``, eps then made consistent
+    with the clamped x0 as guided-diffusion does) and the learned log variance."""
+    extra_args = {} if extra_args is None else extra_args
+    if variance not in ("auto", "posterior", "learned"):
+        raise ValueError(f"variance must be 'auto', 'posterior' or 'learned', got {variance!r}")
+    learned = hasattr(model, "eps_and_log_variance") and variance != "posterior"
+    if variance == "learned" and not learned:
+        raise ValueError("variance='learned' needs a model with eps_and_log_variance (a learned-sigma UNet)")
+    t_B = timestep_batch(t, x)
+    if learned:
+        eps, log_var = model.eps_and_log_variance(x, t_B, **extra_args)
+    else:
+        eps, log_var = model(x, t_B, **extra_args), None
+    x0 = schedule.predict_x0(x, eps, t_B)
+    if clip_x0 is not None:
+        x0 = x0.clamp(*clip_x0)
+        abar = float(schedule.alphas_cumprod_T[t])
+        eps = (x - abar**0.5 * x0) / (1 - abar) ** 0.5
+    return DenoiserOutput(eps, x0, log_var)
 
 
-@torch.no_grad()
+def respaced_log_variance(schedule: DDPMSchedule, log_variance: torch.Tensor, t: int, t_prev: int) -> torch.Tensor:
+    """A learned-range log variance log sigma^2 = f log beta_t + (1-f) log beta-tilde_t on the
+    training schedule, re-expressed with the respaced step's beta_i and beta-tilde_i
+    (guided-diffusion respacing); unchanged when t_prev = t - 1. Needs t_prev >= 0."""
+    if t_prev == t - 1:
+        return log_variance
+    abar_T, beta_T = schedule.alphas_cumprod_T, schedule.betas_T
+    tt = max(t, 1)  # guided-diffusion uses beta-tilde_1 in place of beta-tilde_0 = 0
+    lo_t = math.log(float(beta_T[tt] * (1 - abar_T[tt - 1]) / (1 - abar_T[tt])))
+    hi_t = math.log(float(beta_T[t]))
+    frac = (log_variance - lo_t) / (hi_t - lo_t)
+    abar, abar_prev, beta = step_alphas(schedule, t, t_prev)
+    return frac * math.log(beta) + (1 - frac) * math.log(beta * (1 - abar_prev) / (1 - abar))
+
+
+def ancestral_step(schedule: DDPMSchedule, x: torch.Tensor, x0: torch.Tensor, t: int, t_prev: int,
+                   noise: torch.Tensor | None, log_variance: torch.Tensor | None = None) -> torch.Tensor:
+    """x_{t_prev} ~ q(x_{t_prev} | x_t, x0-hat): the posterior mean plus sigma z with
+    sigma^2 = beta-tilde (or the learned variance); no noise after the last step."""
+    abar, abar_prev, beta = step_alphas(schedule, t, t_prev)
+    mean = (abar_prev**0.5 * beta / (1 - abar)) * x0 + ((1 - beta) ** 0.5 * (1 - abar_prev) / (1 - abar)) * x
+    if t_prev < 0 or noise is None:
+        return mean
+    if log_variance is not None:
+        return mean + (0.5 * respaced_log_variance(schedule, log_variance, t, t_prev)).exp() * noise
+    return mean + (beta * (1 - abar_prev) / (1 - abar)) ** 0.5 * noise
+
+
+def ddim_sigma(schedule: DDPMSchedule, t: int, t_prev: int, eta: float) -> float:
+    """sigma = eta * sqrt(beta-tilde_i) (Song et al. 2021, eq. 16)."""
+    abar, abar_prev, beta = step_alphas(schedule, t, t_prev)
+    return eta * ((1 - abar_prev) / (1 - abar) * beta) ** 0.5
+
+
+def ddim_step(schedule: DDPMSchedule, x0: torch.Tensor, eps: torch.Tensor, t: int, t_prev: int, eta: float,
+              noise: torch.Tensor | None) -> torch.Tensor:
+    """x_prev = sqrt(abar_prev) x0 + sqrt(1 - abar_prev - sigma^2) eps + sigma z."""
+    _, abar_prev, _ = step_alphas(schedule, t, t_prev)
+    sigma = ddim_sigma(schedule, t, t_prev, eta)
+    x = abar_prev**0.5 * x0 + max(1 - abar_prev - sigma**2, 0.0) ** 0.5 * eps
+    return x + sigma * noise if (noise is not None and sigma > 0 and t_prev >= 0) else x
+
+
+def tilted_score_step_size(schedule: DDPMSchedule, t: int, t_prev: int, eta: float = 1.0) -> float:
+    """d x_prev / d score: how much one step moves per unit change of the score, so that
+    adding ``zeta_i * g`` to x_prev equals sampling with score + g (the ideal tilted
+    score of App G eq. 193). For DDIM the score enters through eps and x0-hat:
+    sqrt(abar_prev)(1 - abar)/sqrt(abar) - sqrt(1 - abar) sqrt(1 - abar_prev - sigma^2);
+    at eta = 1 (DDPM) this is beta_i / sqrt(alpha_i)."""
+    abar, abar_prev, _ = step_alphas(schedule, t, t_prev)
+    sigma = ddim_sigma(schedule, t, t_prev, eta)
+    return abar_prev**0.5 * (1 - abar) / abar**0.5 - (1 - abar) ** 0.5 * max(1 - abar_prev - sigma**2, 0.0) ** 0.5
+
+
+# ---- the loop shared by every sampler -----------------------------------------------------
+
+Guide = Callable[[torch.Tensor, int, int, int], tuple[DenoiserOutput, torch.Tensor | None, dict]]
+
+
+def reverse_process(model: Callable[..., torch.Tensor], x: torch.Tensor, schedule: DDPMSchedule, *,
+                    eta: float | None, extra_args: dict | None = None, callback: Callback | None = None,
+                    disable: bool | None = None, generator: Generators = None,
+                    timesteps: torch.Tensor | None = None, clip_x0: tuple[float, float] | None = None,
+                    variance: Variance = "auto", guide: Guide | None = None) -> torch.Tensor:
+    """Walk ``timesteps`` from x = x_T: DDPM ancestral steps (``eta=None``) or DDIM(eta).
+
+    ``guide(x, i, t, t_prev) -> (denoiser output, shift or None, callback extras)``
+    replaces the plain model call; its shift is added to x_prev after the step."""
+    if eta is not None and not 0.0 <= eta <= 1.0:
+        raise ValueError(f"DDIM eta must be in [0, 1], got {eta}")
+    timesteps = validated_timesteps(schedule, timesteps)
+    gens = resolve_generators(generator, x.shape[0])
+    x = x.detach()
+    for i, (t, t_prev) in enumerate(tqdm(step_pairs(timesteps), disable=disable)):
+        if guide is None:
+            with torch.no_grad():
+                out = denoise(model, schedule, x, t, extra_args, clip_x0, variance)
+            shift, extras = None, {}
+        else:
+            out, shift, extras = guide(x, i, t, t_prev)
+        if callback is not None:
+            callback({"x": x, "i": i, "t": t, "denoised": out.denoised, **extras})
+        stochastic = t_prev >= 0 and (eta is None or eta > 0)
+        noise = noise_like(x, gens) if stochastic else None
+        with torch.no_grad():
+            if eta is None:
+                x = ancestral_step(schedule, x, out.denoised, t, t_prev, noise, out.log_variance)
+            else:
+                x = ddim_step(schedule, out.denoised, out.eps, t, t_prev, eta, noise)
+        if shift is not None:
+            x = (x + shift).detach()
+    return x
+
+
 def sample_ddpm(model: Callable[..., torch.Tensor], x: torch.Tensor, schedule: DDPMSchedule,
                 extra_args: dict | None = None, callback: Callback | None = None, disable: bool | None = None,
-                generator: torch.Generator | None = None, timesteps: torch.Tensor | None = None,
-                clip_x0: tuple[float, float] | None = None) -> torch.Tensor:
-    """DDPM ancestral sampling (Ho et al. 2020; RM §13 J.4: the DPS sampler).
+                generator: Generators = None, timesteps: torch.Tensor | None = None,
+                clip_x0: tuple[float, float] | None = None, variance: Variance = "auto") -> torch.Tensor:
+    """DDPM ancestral sampling (Ho et al. 2020; App J.4: the DPS sampler).
 
     ``clip_x0`` clamps Tweedie's x0-hat (guided-diffusion ``clip_denoised``); leave it
-    None for unbounded data such as the GMM.
-    """
-    extra_args = {} if extra_args is None else extra_args
-    timesteps = validated_timesteps(schedule, timesteps)
-    prev_T = torch.cat([timesteps[1:], timesteps.new_full((1,), -1)])
-    for i, (t, t_prev) in enumerate(tqdm(list(zip(timesteps.tolist(), prev_T.tolist())), disable=disable)):
-        t_B = timestep_batch(t, x)
-        x0 = schedule.predict_x0(x, model(x, t_B, **extra_args), t_B)
-        if clip_x0 is not None:
-            x0 = x0.clamp(*clip_x0)
-        if callback is not None:
-            callback({"x": x, "i": i, "t": t, "denoised": x0})
-        x = ancestral_step(schedule, x, x0, t, t_prev, noise_like(x, generator) if t_prev >= 0 else None)
-    return x
+    None for unbounded data such as the GMM. ``variance``: the model's learned variance
+    where it has one (``auto``), or the posterior variance beta-tilde."""
+    return reverse_process(model, x, schedule, eta=None, extra_args=extra_args, callback=callback, disable=disable,
+                           generator=generator, timesteps=timesteps, clip_x0=clip_x0, variance=variance)
 
 
-@torch.no_grad()
 def sample_ddim(model: Callable[..., torch.Tensor], x: torch.Tensor, schedule: DDPMSchedule,
                 extra_args: dict | None = None, callback: Callback | None = None, disable: bool | None = None,
-                generator: torch.Generator | None = None, timesteps: torch.Tensor | None = None,
+                generator: Generators = None, timesteps: torch.Tensor | None = None,
                 eta: float = 0.0, clip_x0: tuple[float, float] | None = None) -> torch.Tensor:
-    """DDIM (Song et al. 2021): x_prev = sqrt(abar_prev) x0 + sqrt(1 - abar_prev - sigma^2) eps
-    + sigma z with sigma = eta * sigma-tilde; ``eta = 0`` is the deterministic ODE-like
-    sampler, ``eta = 1`` has the DDPM posterior variance."""
-    extra_args = {} if extra_args is None else extra_args
-    timesteps = validated_timesteps(schedule, timesteps)
-    prev_T = torch.cat([timesteps[1:], timesteps.new_full((1,), -1)])
-    for i, (t, t_prev) in enumerate(tqdm(list(zip(timesteps.tolist(), prev_T.tolist())), disable=disable)):
-        t_B = timestep_batch(t, x)
-        eps = model(x, t_B, **extra_args)
-        x0 = schedule.predict_x0(x, eps, t_B)
-        if clip_x0 is not None:
-            x0 = x0.clamp(*clip_x0)
-            abar_t = float(schedule.alphas_cumprod_T[t])
-            eps = (x - abar_t**0.5 * x0) / (1 - abar_t) ** 0.5  # keep eps consistent with the clipped x0
-        if callback is not None:
-            callback({"x": x, "i": i, "t": t, "denoised": x0})
-        abar, abar_prev = _alpha_bars(schedule, t, t_prev)
-        sigma = eta * ((1 - abar_prev) / (1 - abar) * (1 - abar / abar_prev)) ** 0.5
-        x = abar_prev**0.5 * x0 + max(1 - abar_prev - sigma**2, 0.0) ** 0.5 * eps
-        if sigma > 0 and t_prev >= 0:
-            x = x + sigma * noise_like(x, generator)
-    return x
+    """DDIM (Song et al. 2021) with sigma = eta * sigma-tilde: ``eta = 0`` is the
+    deterministic ODE-like sampler, ``eta = 1`` has the DDPM posterior variance."""
+    return reverse_process(model, x, schedule, eta=eta, extra_args=extra_args, callback=callback, disable=disable,
+                           generator=generator, timesteps=timesteps, clip_x0=clip_x0, variance="posterior")

@@ -2,8 +2,8 @@
 diffusers schedulers: the config holds only numbers, every method is a pure
 function of its arguments, and :meth:`DDPMSchedule.step` returns a small dataclass.
 
-Paper: App G (VP-SDE), I.3 eq. (208); RM §10 Algorithm 1 lines 3-6. Defaults are
-the DPS / guided-diffusion ImageNet-256 settings (RM §13 J.4): 1000 steps, linear
+Paper: App G (VP-SDE), I.3 eq. (208) Algorithm 1 lines 3-6. Defaults are
+the DPS / guided-diffusion ImageNet-256 settings: 1000 steps, linear
 beta from 1e-4 to 0.02.
 """
 
@@ -52,7 +52,7 @@ class DDPMSchedule:
         return abar.sqrt() * x0 + (1 - abar).sqrt() * eps
 
     def predict_x0(self, x_t: torch.Tensor, eps: torch.Tensor, t_B: torch.Tensor) -> torch.Tensor:
-        """Tweedie's estimate (RM §10 Algorithm 1 line 4), written with eps = -sqrt(1-abar) * score."""
+        """Tweedie's estimate (Algorithm 1 line 4), written with eps = -sqrt(1-abar) * score."""
         abar = self._gather(self.alphas_cumprod_T, t_B, x_t)
         return (x_t - (1 - abar).sqrt() * eps) / abar.sqrt()
 
@@ -73,7 +73,7 @@ class DDPMSchedule:
 
     def step(self, eps: torch.Tensor, t_B: torch.Tensor, x_t: torch.Tensor, noise: torch.Tensor | None = None,
              clip_x0: tuple[float, float] | None = None) -> DDPMStepOutput:
-        """One ancestral step x_t -> x_{t-1} (RM §10 Algorithm 1 lines 4-6).
+        """One ancestral step x_t -> x_{t-1} (Algorithm 1 lines 4-6).
 
         ``noise`` is the standard normal z (drawn by the caller, so sampling stays
         reproducible); it is ignored where t = 0. ``clip_x0`` clamps x0-hat as the
