@@ -155,8 +155,9 @@ def run(args: argparse.Namespace, ranks: D.Ranks) -> dict:
 
 
 @record
-def main(argv: Sequence[str] | None = None) -> dict:
-    """Parse, join the process group, run the stage, log its summary to ``OUT/logs/STAGE.json``."""
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse, join the process group, run the stage, log its summary to ``OUT/logs/STAGE.json``;
+    0 on success (a failure raises, so the process exits non-zero and torchrun stops the others)."""
     args = parse_args(argv)
     ranks = D.init(args.device, args.timeout_min)
     try:
@@ -170,8 +171,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
         atomic_write_text(args.out / "logs" / f"{args.stage}.json", json.dumps(summary, indent=2, default=str) + "\n")
     D.barrier()
     D.shutdown(ranks)
-    return result
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
