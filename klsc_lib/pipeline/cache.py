@@ -50,4 +50,4 @@ def run_cache(spec: WorldSpec, out: str | Path, ranks: D.Ranks, n_images: int | 
         D.barrier()
         if ranks.is_primary:
             ActivationCache(root, config)  # raises if a shard is missing or the config differs
-    return {"images": computed, "seconds": time.perf_counter() - t0}
+    return {"images_this_rank": computed, "seconds": time.perf_counter() - t0}
