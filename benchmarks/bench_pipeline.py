@@ -22,7 +22,7 @@ from klsc_lib.pipeline.worlds import WorldSpec, backbone, images
 
 SPEC = WorldSpec(world="miniworld", profile="smoke")
 ARGS = ["--world", "miniworld", "--profile", "smoke", "--device", "cpu", "--no-progress", "--n-images", "0",
-        "--n-eval-images", "0", "--shard-size", "64", "--batch-size", "64"]
+        "--n-eval-images", "0", "--shard-size", "128", "--batch-size", "128"]
 
 
 def _timed_cache(rank: int, world_size: int, init_file: str, out: str) -> None:
@@ -45,7 +45,7 @@ def _timed_cache(rank: int, world_size: int, init_file: str, out: str) -> None:
 def _run(world_size: int, tmp: Path) -> float:
     out = tmp / f"ranks{world_size}"
     mp.start_processes(_timed_cache, args=(world_size, str(tmp / f"init{world_size}"), str(out)),
-                       nprocs=world_size, start_method="spawn").join()
+                       nprocs=world_size, start_method="spawn")
     return json.loads((out / "seconds.json").read_text())
 
 
