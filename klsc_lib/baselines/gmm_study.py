@@ -35,7 +35,7 @@ from klsc_lib.baselines.gmm import (PromptFamily, calibrate_top_k, optimize_regu
                                     resample_uniform, uniform_box_starts, y_axis_prox)
 from klsc_lib.constraints.calibration import Calibrated, calibrate_knob, calibrate_lambda
 from klsc_lib.constraints.divergences import kl_weights
-from klsc_lib.constraints.hard_vs_tilt import resample, task_distortion_lower_bound, tilt
+from klsc_lib.constraints.hard_vs_tilt import effective_sample_size, resample, task_distortion_lower_bound, tilt
 from klsc_lib.constraints.score_variable import EmpiricalScore
 from klsc_lib.diffusion.energy_dps import guidance_step, sample_energy_dps_ddpm
 from klsc_lib.diffusion.exact_guidance import ExactTiltGuidance
@@ -362,3 +362,25 @@ def exact_path(law: EmpiricalScore, pool_ND: torch.Tensor, lams: list[float], re
             out[f"{key}_mid"].append(torch.tensor([(a + b) / 2 for a, b in zip(lv[:-1], lv[1:])]))
     stacked = {k: torch.tensor(v) if k == "levels" else torch.stack(v) for k, v in out.items()}
     return {**stacked, "fine_mid": stacked["fine_mid"].mean(0), "coarse_mid": stacked["coarse_mid"].mean(0)}
+
+
+def pool_collapse(psi_N: torch.Tensor, lams: list[float]) -> dict[str, dict[float, float]]:
+    """Lemma F.1 on a finite pool: ESS = 1 / sum w^2 and max w of the tilted empirical measure (eq. 17)."""
+    laws = {lam: EmpiricalScore(psi_N, lam * psi_N) for lam in lams}
+    return {"ess": {lam: effective_sample_size(law) for lam, law in laws.items()},
+            "max_weight": {lam: float(law.weights.max()) for lam, law in laws.items()}}
+
+
+def boundary_masses(psi: Energy, retrieved: torch.Tensor, exact_ND: torch.Tensor, delta: float) -> dict[str, float]:
+    """B_delta (Def 2.3) above retrieval's threshold tau = its smallest score, for the top-k set
+    and for exact-tilt samples conditioned on A_tau."""
+    tau = float(psi(retrieved).min())
+    return {"tau": tau, "B_delta_retrieval": float(EmpiricalScore(psi(retrieved)).boundary_mass(tau, delta)),
+            "B_delta_exact_tilt": float(EmpiricalScore(psi(exact_ND)).boundary_mass(tau, delta))}
+
+
+def typical_region(log_p_prior_N: torch.Tensor, eps: float = 0.05) -> tuple[float, tuple[float, float]]:
+    """(ell_eps, central 95% band) of log p(X), X ~ p: the (1 - eps) highest-density region is
+    {log p >= ell_eps} (Def F.3)."""
+    q = torch.quantile(log_p_prior_N, torch.tensor([eps, 0.025, 0.975], dtype=log_p_prior_N.dtype))
+    return float(q[0]), (float(q[1]), float(q[2]))

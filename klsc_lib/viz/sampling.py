@@ -34,8 +34,8 @@ def fig3(grid: Grid2D, prior_log_G: torch.Tensor, psi_G: torch.Tensor, prior_sam
     gs = fig.add_gridspec(n_r, n_c + 1, width_ratios=[1] * n_c + [2.2], wspace=0.08, hspace=0.35)
     for r, (name, by_t) in enumerate(rows.items()):
         ax = fig.add_subplot(gs[r, 0])
-        _contours(ax, grid, psi_G, levels=8, cmap="magma", linewidths=0.6)
         if r == 0:
+            _contours(ax, grid, psi_G, levels=8, cmap="magma", linewidths=0.6)
             ax.scatter(*prior_samples.T.numpy(), s=1, alpha=0.3, color="0.3")
             ax.set_title("baseline: prior $p$ (dots)\nand $\\psi$ (contours)", fontsize=8)
         else:
@@ -64,6 +64,8 @@ def fig3(grid: Grid2D, prior_log_G: torch.Tensor, psi_G: torch.Tensor, prior_sam
     n_seeds = max(len(v["kde_kl"]) for by_t in kl.values() for v in by_t.values())
     ax.set(yscale="log", xlabel="target level $t$", xticks=targets,
            ylabel="KDE-KL$(\\hat q_h\\Vert p_h)$, mean $\\pm$ SD", title=f"KL to the prior (eq. 212), {n_seeds} seeds")
+    ax.yaxis.set_label_position("right")
+    ax.yaxis.tick_right()
     ax.legend(fontsize=7, loc="lower right")
     return fig
 
@@ -199,7 +201,7 @@ def prompt_figure(prompt: Mapping[float, Mapping[str, float]]):
     fig, ax = plt.subplots(1, 2, figsize=(10.5, 3.8))
     ax[0].plot(ts, [prompt[t]["kl_exact_tilt"] for t in ts], "o-", label="KLSC tilt $q^\\star_t$")
     ax[0].plot(ts, [prompt[t]["kl_best_prompt"] for t in ts], "s-", label="best prompt $p_w$")
-    ax[0].plot(ts, [prompt[t]["sampler_kde_kl"] for t in ts], "^:", label="prompt sampler (DDPM), KDE-KL")
+    ax[0].plot(ts, [prompt[t]["sampler_kde_kl"] for t in ts], "^:", label="prompt sampler (DDPM), KDE-KL (biased up)")
     ax[0].set(xlabel="target level $t$", ylabel="KL to the prior", yscale="log", xticks=ts,
               title="the prompt family stays above the tilt")
     ax[0].legend(fontsize=7)
