@@ -38,7 +38,10 @@ class Rating:
 
 
 class RatingsError(ValueError):
-    """A ratings CSV that cannot be read exactly; names the file, row (1 = header) and column."""
+    """A ratings CSV that cannot be read exactly; names the file, row and column.
+
+    Rows count CSV records as a spreadsheet shows them (1 = header), so a quoted
+    field spanning lines is one row."""
 
     def __init__(self, file: str | Path, row: int, column: str, problem: str):
         self.file, self.row, self.column, self.problem = str(file), row, column, problem
@@ -65,12 +68,13 @@ def _decode(file: Path) -> str:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as err:
         line_start = raw.rfind(b"\n", 0, err.start) + 1
-        row = raw.count(b"\n", 0, err.start) + 1
-        header = raw.split(b"\n", 1)[0].decode("utf-8", "replace").strip().split(",")
-        col = raw.count(b",", line_start, err.start)
-        column = header[col] if col < len(header) else f"#{col + 1}"
-        raise RatingsError(file, row, column, f"byte {raw[err.start]:#x} is not UTF-8 text; save the file as "
-                                              "UTF-8") from None
+        before = list(csv.reader(io.StringIO(raw[:line_start].decode("utf-8"), newline="")))
+        header = before[0] if before else []
+        prefix = next(csv.reader([raw[line_start:err.start].decode("utf-8")]), [""])
+        col = len(prefix) - 1
+        column = header[col].strip() if col < len(header) else f"#{col + 1}"
+        raise RatingsError(file, len(before) + 1, column, f"byte {raw[err.start]:#x} is not UTF-8 text; save the "
+                                                          "file as UTF-8") from None
 
 
 def _parse_row(file: Path, row: int, record: dict[str, str]) -> Rating:
@@ -101,6 +105,7 @@ def _read_file(file: Path, seen: dict[tuple[str, str, str, str], tuple[Path, int
     if not text.strip():
         raise RatingsError(file, 1, "(header)", f"empty file; expected a header {','.join(COLUMNS)}")
     reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    row = 1
     try:
         header = [h.strip() for h in next(reader)]
         missing = [c for c in COLUMNS if c not in header]
@@ -112,7 +117,7 @@ def _read_file(file: Path, seen: dict[tuple[str, str, str, str], tuple[Path, int
             raise RatingsError(file, 1, bad, f"unexpected or repeated column; allowed: {COLUMNS + OPTIONAL_COLUMNS}")
         out = []
         for values in reader:
-            row = reader.line_num
+            row += 1
             if not any(v.strip() for v in values):
                 raise RatingsError(file, row, "(all)", "blank row; remove it")
             if len(values) != len(header):
@@ -128,7 +133,7 @@ def _read_file(file: Path, seen: dict[tuple[str, str, str, str], tuple[Path, int
             seen[key] = (file, row)
             out.append(rating)
     except csv.Error as err:
-        raise RatingsError(file, reader.line_num, "(row)", f"malformed CSV: {err}") from None
+        raise RatingsError(file, row + 1, "(row)", f"malformed CSV: {err}") from None
     if not out:
         raise RatingsError(file, 2, "(all)", "header but no ratings")
     return out
