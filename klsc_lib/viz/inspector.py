@@ -170,7 +170,6 @@ class FeatureInspector:
             s.observe(lambda _: None if self._quiet else self.generate(), names="value")
         self.target.observe(lambda _: self._render_strip(), names="value")
         self.save_note.on_click(lambda _: self.set_note(self.note.value))
-        self.note.on_submit(lambda _: self.set_note(self.note.value))
         self.export_button.on_click(lambda _: self.export_notes())
 
         def section(title: str, *body: widgets.Widget) -> widgets.VBox:
@@ -428,7 +427,8 @@ def histogram_png(counts_B: torch.Tensor, edges: torch.Tensor, cap: float, marke
            title=f"feature {feature}: {int(counts_B.sum())} images, {int(counts_B[0])} did not fire")
     ax.title.set_fontsize(9)
     ax.set_ylim(0, ymax * (1.2 + 0.08 * len(markers)))
-    ax.legend(fontsize=7, loc="upper left")
+    if markers or cap > 0:
+        ax.legend(fontsize=7, loc="upper left")
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     return buf.getvalue()
