@@ -18,6 +18,8 @@ from _tiny_convnext import tiny_backbone
 SIZE = 32
 COLOURS = ((1.0, 0.2, 0.2), (0.2, 0.9, 0.25), (0.3, 0.45, 1.0), (1.0, 0.9, 0.2))
 CORNERS = ((0, 0), (0, 1), (1, 0), (1, 1))
+VALUE_NAMES = {"colour": ["red", "green", "blue", "yellow"],
+               "position": ["top-left", "top-right", "bottom-left", "bottom-right"]}
 
 
 class Squares(torch.utils.data.Dataset):

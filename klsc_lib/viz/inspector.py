@@ -28,6 +28,7 @@ import ipywidgets as widgets
 import numpy as np
 import torch
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter
 
 from klsc_lib.analysis.monosemanticity import dataset_factors
 from klsc_lib.interfaces import World
@@ -52,8 +53,8 @@ def count_images(box: widgets.Widget) -> int:
     return sum(count_images(c) for c in getattr(box, "children", ()))
 
 
-def _tile(png: bytes, caption: str) -> widgets.VBox:
-    image = widgets.Image(value=png, format="png", width=PX, height=PX)
+def _tile(png: bytes, caption: str, size: int = PX) -> widgets.VBox:
+    image = widgets.Image(value=png, format="png", width=size, height=size)
     return widgets.VBox([image, widgets.HTML(f"<small>{html.escape(caption)}</small>")],
                         layout=widgets.Layout(align_items="center", margin="1px"))
 
@@ -189,6 +190,12 @@ class FeatureInspector:
                                    "ordered by ψ (App L.3)</small>"), self.strip_box)]),
             W.HBox([self.note, self.save_note, self.export_button, self.note_status]),
         ], layout=W.Layout(padding="4px"))
+        # CSS classes name the parts for browser tests and user stylesheets
+        for part, name in ((self.widget, "inspector"), (self.id_box, "feature-input"), (self.message, "message"),
+                           (self.topk_box, "topk"), (self.generated_box, "generated"), (self.strength, "strength"),
+                           (self.cap, "cap"), (self.strip_box, "strip"), (self.progress, "progress"),
+                           *((box, f"stored-{m}") for m, box in self.stored_boxes.items())):
+            part.add_class(f"klsc-{name}")
 
     def _ipython_display_(self) -> None:
         from IPython.display import display
@@ -353,10 +360,10 @@ class FeatureInspector:
         batches = self._batches()
         tiles = [_tile(to_png(x, size=PX), f"ψ {float(p):.2f}") for b in batches
                  for x, p in zip(b.images_BCHW, b.psi_B)]
-        self.generated_box.children = _row(tiles, "none yet at these settings: press 'generate more' "
-                                                  "or move a slider")
         self._render_histogram()
         self._render_strip()
+        self.generated_box.children = _row(tiles, "none yet at these settings: press 'generate more' "
+                                                  "or move a slider")  # last: new images mean all is drawn
 
     def _render_strip(self) -> None:
         """Every sample of this feature (generated at any setting, stored EnergyDPS) nearest
@@ -372,7 +379,8 @@ class FeatureInspector:
         psi = torch.cat([b.psi_B for b in pool])
         near = (psi - float(self.target.value)).abs().argsort()[: self.n_strip]
         near = near[psi[near].argsort()]
-        self.strip_box.children = [_tile(to_png(images[j], size=PX * 3 // 4), f"ψ {float(psi[j]):.2f}")
+        small = PX * 3 // 4
+        self.strip_box.children = [_tile(to_png(images[j], size=small), f"ψ {float(psi[j]):.2f}", small)
                                    for j in near.tolist()]
 
     def _render_histogram(self) -> None:
@@ -409,6 +417,7 @@ def histogram_png(counts_B: torch.Tensor, edges: torch.Tensor, cap: float, marke
     inner = counts_B[1:-1].numpy()
     ax.bar(e[:-1], inner, width=np.diff(e), align="edge", color="#9db4d0", edgecolor="#4a6d94", lw=0.4)
     ax.set_xscale("log")
+    ax.xaxis.set_minor_formatter(NullFormatter())
     shown = np.nonzero(inner)[0]
     lo, hi = (e[shown.min()], e[shown.max() + 1]) if len(shown) else (e[0], e[-1])
     for name, values in markers.items():
@@ -428,7 +437,7 @@ def histogram_png(counts_B: torch.Tensor, edges: torch.Tensor, cap: float, marke
     ax.title.set_fontsize(9)
     ax.set_ylim(0, ymax * (1.2 + 0.08 * len(markers)))
     if markers or cap > 0:
-        ax.legend(fontsize=7, loc="upper left")
+        ax.legend(fontsize=7, loc="best")
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     return buf.getvalue()
