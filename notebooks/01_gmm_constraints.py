@@ -38,7 +38,7 @@
 profile = "default"  # smoke | default | paper
 seed = 0
 device = "auto"
-out_dir = "../figures/01_gmm_constraints"
+out_dir = "../runs/01_gmm_constraints"  # interactive runs write here; make figures passes figures/01_gmm_constraints
 
 # %%
 import math

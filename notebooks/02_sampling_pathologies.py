@@ -36,7 +36,7 @@
 profile = "default"  # smoke | default | paper
 seed = 0
 device = "auto"
-out_dir = "../figures/02_sampling_pathologies"
+out_dir = "../runs/02_sampling_pathologies"  # interactive runs write here; make figures passes figures/02_sampling_pathologies
 
 # %%
 import matplotlib.pyplot as plt

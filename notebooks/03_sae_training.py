@@ -36,7 +36,7 @@
 profile = "default"  # smoke | default | paper
 seed = 0
 device = "auto"
-out_dir = "../figures/03_sae_training"
+out_dir = "../runs/03_sae_training"  # interactive runs write here; make figures passes figures/03_sae_training
 
 # %%
 from dataclasses import asdict, replace

@@ -33,7 +33,7 @@
 profile = "default"  # smoke | default | paper
 seed = 0
 device = "auto"
-out_dir = "../figures/05_rater_study"
+out_dir = "../runs/05_rater_study"  # interactive runs write here; make figures passes figures/05_rater_study
 ratings = None  # a ratings CSV or a folder of them: analyse those instead of simulated raters
 
 # %%
