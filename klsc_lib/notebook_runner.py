@@ -5,8 +5,10 @@
 
 The jupytext ``notebooks/NN_name.py`` file is the source of truth: it is read
 (not the paired ``.ipynb``), so an edit to the ``.py`` is always what runs. The
-executed copy lands in ``OUT/NN_name/NN_name.ipynb`` beside that notebook's PNGs
-and ``metrics.json``.
+executed copy, outputs included, lands in ``OUT/NN_name/NN_name.ipynb`` beside that
+notebook's PNGs and ``metrics.json``, so a reader sees the results on GitHub; it
+must stay under :data:`MAX_EXECUTED_BYTES` (a larger one is an error that names
+the size). The command line shows a per-cell progress bar for each notebook.
 
 A notebook runs into a temporary folder that replaces ``OUT/NN_name`` only when
 it finished: a failed run leaves the previous results untouched (no mix of old and
@@ -23,6 +25,11 @@ import tempfile
 from pathlib import Path
 
 NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
+MAX_EXECUTED_BYTES = 5 * 2**20  # an executed notebook committed under figures/ stays readable on GitHub
+
+
+class ExecutedNotebookTooLarge(RuntimeError):
+    """The executed notebook is over :data:`MAX_EXECUTED_BYTES`."""
 
 
 def notebook_names() -> list[str]:
@@ -31,8 +38,13 @@ def notebook_names() -> list[str]:
 
 
 def run_notebook(name: str, profile: str, out_root: str | Path, seed: int = 0, device: str = "auto",
-                 log_output: bool = False, notebook_dir: Path = NOTEBOOK_DIR) -> Path:
-    """Execute one notebook with papermill; return the folder it wrote."""
+                 log_output: bool = False, progress_bar: bool = False, notebook_dir: Path = NOTEBOOK_DIR,
+                 max_bytes: int = MAX_EXECUTED_BYTES) -> Path:
+    """Execute one notebook with papermill; return the folder it wrote.
+
+    ``progress_bar`` shows papermill's per-cell bar, ``log_output`` streams the cells'
+    output to the log. Raises :class:`ExecutedNotebookTooLarge` (keeping the previous
+    results) when the executed copy exceeds ``max_bytes``."""
     import jupytext
     import papermill
 
@@ -54,9 +66,14 @@ def run_notebook(name: str, profile: str, out_root: str | Path, seed: int = 0, d
             parameters={"profile": profile, "seed": seed, "device": device, "out_dir": str(tmp_dir)},
             kernel_name="python3",  # the interpreter running this module (the project's environment)
             cwd=str(Path(notebook_dir)),
-            progress_bar=False,
+            progress_bar=progress_bar and {"desc": f"{name} cells", "leave": False},
             log_output=log_output,
         )
+        size = (tmp_dir / f"{name}.ipynb").stat().st_size
+        if size > max_bytes:
+            raise ExecutedNotebookTooLarge(
+                f"executed {name}.ipynb is {size / 2**20:.1f} MiB, over the {max_bytes / 2**20:.1f} MiB limit: show "
+                "fewer or smaller figures (plt.show of a saved PNG embeds it) or print less")
     except BaseException:
         if (tmp_dir / f"{name}.ipynb").exists():
             shutil.move(tmp_dir / f"{name}.ipynb", failed)
@@ -81,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="figures", help="output root (one folder per notebook)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--log-output", action="store_true", help="stream every cell's output to the log")
     args = parser.parse_args(argv)
 
     names = args.notebooks or notebook_names()
@@ -89,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown notebooks {unknown}; available: {notebook_names()}")
     for name in (bar := tqdm(names, desc=f"notebooks ({args.profile})", unit="nb")):
         bar.set_postfix_str(name)
-        run_notebook(name, args.profile, args.out, seed=args.seed, device=args.device, log_output=True)
+        run_notebook(name, args.profile, args.out, seed=args.seed, device=args.device, log_output=args.log_output,
+                     progress_bar=True)
     print(f"wrote {write_claims_table(args.out)}")
     return 0
 

@@ -42,15 +42,40 @@ def test_duplicate_claim_id_rejected(tmp_path):
         report.claim("c1", "ref", "s", 1, 1, True, kind="ours")
 
 
-def test_claims_table_lists_failures_and_counts(tmp_path):
-    for name, holds in (("01_a", True), ("02_b", False)):
+def _section_rows(table: str, kind: str) -> list[str]:
+    """The table rows under the ``## kind`` heading."""
+    section = table.split(f"## {kind}:")[1].split("\n## ")[0]
+    return [line for line in section.splitlines() if line.startswith("| ") and not line.startswith("| holds")]
+
+
+def test_claims_table_groups_by_kind_with_holding_rows_first(tmp_path):
+    for name, claims in (("01_a", [("a-fails", "paper", False), ("a-id", "identity", True), ("a-holds", "paper", True)]),
+                         ("02_b", [("b-holds", "paper", True), ("b-target", "ours", False)])):
         r = Report(name, tmp_path / name, profile="default", seed=0)
-        r.claim(f"{name}-claim", "Sec 2", "a | b", ours=[1.0, 2.0], paper=None, holds=holds, kind="paper")
+        for cid, kind, holds in claims:
+            r.claim(cid, "Sec 2", "a | b", ours=[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], paper=0.0126, holds=holds, kind=kind,
+                    threshold="<= 1e-10" if kind == "identity" else None)
         r.write()
     table = write_claims_table(tmp_path).read_text()
-    assert "1 of 2 claims hold" in table
-    assert "**no**" in table and "a \\| b" in table
-    assert table.index("01_a-claim") < table.index("02_b-claim")
+    assert "3 of 5 claims hold" in table
+    # sections in the order paper, identity, ours; each with its own count
+    assert table.index("## paper:") < table.index("## identity:") < table.index("## ours:")
+    assert "(2 of 3 hold)" in table and "(1 of 1 hold)" in table and "(0 of 1 hold)" in table
+    paper = _section_rows(table, "paper")
+    assert [row.split(" | ")[2] for row in paper] == ["a-holds", "b-holds", "a-fails"]  # holds first, then notebook
+    assert paper[-1].startswith("| **no** |") and all(row.startswith("| yes |") for row in paper[:2])
+    identity = _section_rows(table, "identity")
+    assert len(identity) == 1 and identity[0].split(" | ")[-2:] == ["0.0126", "<= 1e-10 |"]  # paper value, threshold
+    assert "a \\| b" in table  # pipes escaped
+    assert "[1, 2, 3, 4, …]" in table  # long lists shortened
+
+
+def test_claims_table_rejects_claims_without_a_kind(tmp_path):
+    (tmp_path / "01_old").mkdir()
+    (tmp_path / "01_old" / "metrics.json").write_text(json.dumps(
+        {"notebook": "01_old", "profile": "smoke", "claims": [{"id": "x", "holds": True}]}))
+    with pytest.raises(ValueError, match="kind"):
+        write_claims_table(tmp_path)
 
 
 def test_to_jsonable_handles_nan_and_nested_tensors():

@@ -9,8 +9,10 @@ import pytest
 import torch
 
 from klsc_lib.baselines import gmm as sb
-from klsc_lib.constraints import tilt_reference as tr
-from klsc_lib.constraints.calibration import UnreachableTarget
+from klsc_lib.constraints.calibration import UnreachableTarget, calibrate_knob, calibrate_lambda
+from klsc_lib.constraints.hard_vs_tilt import (effective_sample_size, kl_between_tilts, kl_tilt, resample,
+                                               task_distortion_lower_bound, tilt)
+from klsc_lib.constraints.score_variable import EmpiricalScore
 from klsc_lib.diffusion.energy_dps import sample_energy_dps_ddpm
 from klsc_lib.diffusion.gmm_oracle import gmm_oracle_prior
 from klsc_lib.energies import angular_energy, reference_energy
@@ -18,7 +20,6 @@ from klsc_lib.diffusion.samplers import spaced_timesteps
 from klsc_lib.diffusion.schedule import DDPMSchedule
 from klsc_lib.worlds.gmm import AngularScore, four_mode_gmm
 from klsc_lib.analysis.kde import Grid2D
-from klsc_lib.constraints.matched_calibration import calibrate_knob
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -33,19 +34,22 @@ def gen(seed: int = 0) -> torch.Generator:
 def test_gaussian_score_tilt_has_lambda_t_and_kl_t2_over_2():
     """Y = psi(X) ~ N(0, 1): q_lambda = N(lambda, 1), so lambda(t) = t and KL = t^2/2 (eqs. 119-124)."""
     y_N = torch.randn(400_000, generator=gen(1), dtype=torch.float64)
+    law = EmpiricalScore(y_N)
     for t in (0.5, 1.0, 1.5):
-        lam = tr.calibrate_tilt(y_N, t)
+        lam = calibrate_lambda(law, t)
         assert lam == pytest.approx(t, abs=0.03)
-        assert tr.kl_to_prior(lam * y_N) == pytest.approx(t**2 / 2, rel=0.05)
+        assert float(kl_tilt(law, lam)) == pytest.approx(t**2 / 2, rel=0.05)
+    assert calibrate_lambda(law, -1.0) == 0.0  # below E_p psi the constraint is inactive (Lemma D.4)
     with pytest.raises(UnreachableTarget):
-        tr.calibrate_tilt(y_N, -1.0)  # below E_p psi: lambda >= 0 cannot lower the mean
+        calibrate_lambda(law, float(y_N.max()) + 1.0)
 
 
 def test_kl_between_tilts_is_the_exponential_family_formula():
     """KL(q_l||q_l') = (l - l') A'(l) - (A(l) - A(l')) (Lemma D.9, eq. 72); Gaussian: (l - l')^2 / 2."""
     y_N = torch.randn(400_000, generator=gen(2), dtype=torch.float64)
-    assert tr.kl_between_tilts(1.2 * y_N, 0.7 * y_N) == pytest.approx(0.5**2 / 2, rel=0.05)
-    assert tr.kl_between_tilts(y_N, y_N) == pytest.approx(0.0, abs=1e-12)
+    law = EmpiricalScore(y_N)
+    assert float(kl_between_tilts(law, 1.2, 0.7)) == pytest.approx(0.5**2 / 2, rel=0.05)
+    assert float(kl_between_tilts(law, 1.0, 1.0)) == pytest.approx(0.0, abs=1e-12)
 
 
 def test_task_distortion_lower_bound_is_attained_for_a_pure_task_tilt():
@@ -53,15 +57,16 @@ def test_task_distortion_lower_bound_is_attained_for_a_pure_task_tilt():
     KL(q||q*) = eta s - Lambda(eta) = sup_eta (eq. 16)."""
     x_N = torch.randn(200_000, generator=gen(3), dtype=torch.float64)
     base, g_N = 0.5 * x_N, -(x_N - 1.0).square()
-    s = tr.tilted_mean(g_N, base + 0.8 * g_N)
-    exact = tr.kl_between_tilts(base + 0.8 * g_N, base)
-    assert tr.task_distortion_lower_bound(g_N, base, s) == pytest.approx(exact, rel=1e-4)
-    assert tr.task_distortion_lower_bound(g_N, base, tr.tilted_mean(g_N, base)) == pytest.approx(0.0, abs=1e-6)
+    task_law = EmpiricalScore(g_N, base)  # g under q* ∝ p e^{base}
+    s = float(tilt(task_law, 0.8).mean())
+    exact = float(kl_between_tilts(task_law, 0.8, 0.0))
+    assert task_distortion_lower_bound(task_law, s) == pytest.approx(exact, rel=1e-4)
+    assert task_distortion_lower_bound(task_law, float(task_law.mean())) == pytest.approx(0.0, abs=1e-6)
 
 
 def test_resample_tilt_draws_from_the_tilt():
     y_N = torch.randn(200_000, generator=gen(4), dtype=torch.float64)
-    samples = tr.resample_tilt(y_N.unsqueeze(1), 1.0 * y_N, 20_000, generator=gen(5))
+    samples = resample(tilt(EmpiricalScore(y_N), 1.0), y_N.unsqueeze(1), 20_000, generator=gen(5))
     assert float(samples.mean()) == pytest.approx(1.0, abs=0.03)  # N(1, 1)
 
 
@@ -82,10 +87,10 @@ def test_top_k_calibration_hits_the_target_and_returns_the_top_prefix():
 
 def test_lemma_F1_tilted_pool_collapses_to_the_argmax():
     psi_N = torch.tensor([0.1, 2.0, 1.5, 2.0 - 1e-3, -1.0], dtype=torch.float64)
-    assert tr.effective_sample_size(0.0 * psi_N) == pytest.approx(5.0)
-    log_w = tr.tilt_log_weights(1e5 * psi_N)
-    assert float(log_w.exp()[1]) == pytest.approx(1.0, abs=1e-12)
-    assert tr.effective_sample_size(1e5 * psi_N) == pytest.approx(1.0, abs=1e-9)
+    assert effective_sample_size(EmpiricalScore(psi_N)) == pytest.approx(5.0)
+    collapsed = tilt(EmpiricalScore(psi_N), 1e5)
+    assert float(collapsed.weights[1]) == pytest.approx(1.0, abs=1e-12)
+    assert effective_sample_size(collapsed) == pytest.approx(1.0, abs=1e-9)
 
 
 def test_resample_uniform_keeps_to_the_set():
@@ -180,3 +185,17 @@ def test_task_injected_energy_combines_the_scores():
     energy = 0.5 * psi + 0.25 * g
     torch.testing.assert_close(energy(x), 0.5 * psi(x) + 0.25 * g(x))
     assert math.isclose(float(energy(x[:1])), 0.5 * float(psi(x[:1])))
+
+
+def test_proximal_or_reaches_the_closed_form_maximiser_for_any_beta():
+    """psi = c.x, R = y^2: argmax c.x - beta y^2 has y* = c_y / (2 beta); the proximal iteration
+    finds it even where a plain gradient step (lr * beta >= 1) diverges; x runs into the box."""
+    c = torch.tensor([0.5, 3.0], dtype=torch.float64)
+    starts = sb.uniform_box_starts(16, (-4, 4), generator=gen(2))
+    for beta in (0.5, 50.0, 1000.0):
+        x = sb.optimize_regularized(lambda z: z @ c, None, beta, starts, steps=400, lr=0.05, box=(-4, 4),
+                                    prox=sb.y_axis_prox)
+        torch.testing.assert_close(x[:, 1], torch.full((16,), 3.0 / (2 * beta), dtype=torch.float64))
+        assert torch.all(x[:, 0] == 4.0)
+    with pytest.raises(ValueError, match="regularizer"):
+        sb.optimize_regularized(lambda z: z @ c, None, 1.0, starts, steps=1, lr=0.05, box=(-4, 4))

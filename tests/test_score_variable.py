@@ -1,4 +1,4 @@
-"""The 1-D score-variable view (App D.2-D.4, RM §3-§6): empirical laws against
+"""The 1-D score-variable view (App D.2-D.4): empirical laws against
 hand-computed values and against the standard-normal closed forms."""
 
 from __future__ import annotations
@@ -8,16 +8,10 @@ import math
 import pytest
 import torch
 
-from klsc_lib.constraints.gaussian_example import normal_quadrature_law
 from klsc_lib.constraints.score_variable import EmpiricalScore, StandardNormalScore, inverse_mills_ratio, midpoint_grid_2d
 
 NORMAL = StandardNormalScore()
 TAUS = torch.tensor([-1.0, 0.0, 0.5, 1.0, 2.0, 3.0], dtype=torch.float64)
-
-
-@pytest.fixture(scope="module")
-def normal_grid():
-    return normal_quadrature_law(-12.0, 16.0, 56_000)
 
 
 def test_hazard_of_standard_normal_is_inverse_mills_ratio():

@@ -19,12 +19,13 @@ the task term of object drift is :func:`klsc_lib.energies.reference_energy`.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
-from klsc_lib.constraints.calibration import bisect_increasing
+from klsc_lib.constraints.calibration import Calibrated, solve_scalar
 from klsc_lib.worlds.gmm import GaussianMixture
 from klsc_lib.analysis.kde import Grid2D
-from klsc_lib.constraints.matched_calibration import Calibrated
 from klsc_lib.energies.base import ScoreFn as Score
 
 # ---- Methodology I: retrieval -------------------------------------------------------------
@@ -76,19 +77,34 @@ def uniform_box_starts(n: int, box: tuple[float, float], dim: int = 2,
     return lo + (hi - lo) * torch.rand(n, dim, generator=generator, dtype=dtype)
 
 
-def optimize_regularized(psi: Score, regularizer: Score, beta: float, starts_BD: torch.Tensor, steps: int,
-                         lr: float, box: tuple[float, float]) -> torch.Tensor:
-    """x* = argmax psi(x) - beta R(x) (eq. 18) by projected gradient ascent from every
-    start (one independent run per row), iterates clamped to the box (I.2)."""
+def y_axis_prox(x_BD: torch.Tensor, step: float) -> torch.Tensor:
+    """prox_{step R}(x) for R(x) = x_(2)^2: argmin_z step z_(2)^2 + ||z - x||^2 / 2, i.e. the
+    y-coordinate shrunk by 1 / (1 + 2 step); stable for any step (unlike a gradient step
+    on beta R, which diverges once lr * beta >= 1)."""
+    out = x_BD.clone()
+    out[:, 1] = x_BD[:, 1] / (1 + 2 * step)
+    return out
+
+
+def optimize_regularized(psi: Score, regularizer: Score | None, beta: float, starts_BD: torch.Tensor, steps: int,
+                         lr: float, box: tuple[float, float],
+                         prox: Callable[[torch.Tensor, float], torch.Tensor] | None = None) -> torch.Tensor:
+    """x* = argmax psi(x) - beta R(x) (eq. 18) from every start (one independent run per
+    row), iterates clamped to the box (I.2): projected gradient ascent on psi - beta R, or,
+    with ``prox`` (the proximal map of R, e.g. :func:`y_axis_prox`), proximal gradient
+    ascent x <- prox(x + lr grad psi, lr beta), which stays stable for large beta."""
+    if prox is None and regularizer is None:
+        raise ValueError("give the regularizer R or its proximal map prox")
     x = starts_BD.detach().clone()
     for step in range(steps):
         x.requires_grad_(True)
-        objective_B = psi(x) - beta * regularizer(x)
+        objective_B = psi(x) if prox is not None else psi(x) - beta * regularizer(x)
         (grad,) = torch.autograd.grad(objective_B.sum(), x)
         if not torch.isfinite(grad).all():
             raise FloatingPointError(f"non-finite gradient of psi - beta R at ascent step {step} (beta={beta}); "
                                      "psi is not differentiable where an iterate landed")
-        x = (x.detach() + lr * grad).clamp(*box)
+        x = x.detach() + lr * grad
+        x = (prox(x, lr * beta) if prox is not None else x).clamp(*box)
     return x.detach()
 
 
@@ -110,9 +126,9 @@ def calibrate_prompt_weights(prior_weights_K: torch.Tensor, component_means_K: t
                              lo: float = 0.0, hi: float = 50.0) -> tuple[float, torch.Tensor]:
     """(lambda, w) with sum_k w_k m_k = target; the best any prompt can do is max_k m_k,
     beyond which :class:`~klsc_lib.constraints.calibration.UnreachableTarget` is raised."""
-    lam = bisect_increasing(
+    lam = solve_scalar(
         lambda l: float((prompt_family_weights(prior_weights_K, component_means_K, l) * component_means_K).sum()),
-        target, lo, hi, tol=1e-10, max_iter=200, what="prompt strength lambda")
+        target, lo, hi, what="prompt strength lambda")
     return lam, prompt_family_weights(prior_weights_K, component_means_K, lam)
 
 
@@ -158,8 +174,8 @@ class PromptFamily:
 
     def tilt_lambda(self, target: float, hi: float = 50.0) -> float:
         """lambda* with E_{q_lambda} psi = target (eq. 61 is increasing in lambda)."""
-        return bisect_increasing(lambda lam: self._integrate(self.tilt_log_density(lam).exp() * self.psi_G),
-                                 target, 0.0, hi, tol=1e-10, max_iter=200, what="tilt strength lambda")
+        return solve_scalar(lambda lam: self._integrate(self.tilt_log_density(lam).exp() * self.psi_G),
+                            target, 0.0, hi, what="tilt strength lambda")
 
     def tilt_kl_to_prior(self, lam: float) -> float:
         log_q_G = self.tilt_log_density(lam)

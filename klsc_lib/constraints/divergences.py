@@ -1,17 +1,16 @@
-"""KL and TV between the induced distributions (eqs. 1-2, Lemma B.4, App D; RM §1-§5).
+"""KL and TV between the induced distributions (paper eqs. 1-2, Lemma B.4, App D).
 
 Closed forms where the paper gives them:
 
 - KL(p_tau || p) = -log S(tau)                          (Lemma D.1, eq. 46)
-- KL(q_lambda || p) = lambda A'(lambda) - A(lambda)      (Remark D.5)
-- KL(q_lambda || q_lambda') = (lambda - lambda') A'(lambda) - (A(lambda) - A(lambda'))  (Lemma D.9, eq. 72)
 - TV(p_tau, p_tau') = 1 - S(tau') / S(tau), tau <= tau'  (Lemma D.10, eq. 80)
-- TV(N(a, 1), N(b, 1)) = 2 Phi(|a - b| / 2) - 1          (RM §6, the Gaussian tilt path)
+- TV(N(a, 1), N(b, 1)) = 2 Phi(|a - b| / 2) - 1          (App D.4.4, the Gaussian tilt path)
 
 and estimators otherwise: two reweightings of one common base sample (Monte Carlo
 prior draws, or the cells of a quadrature grid where a weight is density x cell
 size) are compared exactly over that sample, KL = sum_i w_i log(w_i / w'_i) and
-TV = 1/2 sum_i |w_i - w'_i|.
+TV = 1/2 sum_i |w_i - w'_i|. The tilt KLs of Remark D.5 and Lemma D.9 need the
+log-partition of a law and live beside it in :mod:`klsc_lib.constraints.hard_vs_tilt`.
 """
 
 from __future__ import annotations
@@ -30,17 +29,6 @@ def _t(x: Scalar) -> torch.Tensor:
 def kl_truncation(log_survival: Scalar) -> torch.Tensor:
     """KL(p_tau || p) = -log p(A_tau) (Lemma D.1)."""
     return -_t(log_survival)
-
-
-def kl_tilt(lam: Scalar, log_partition: Scalar, tilted_mean: Scalar) -> torch.Tensor:
-    """KL(q_lambda || p) = lambda A'(lambda) - A(lambda) (Remark D.5, eq. 58)."""
-    return _t(lam) * _t(tilted_mean) - _t(log_partition)
-
-
-def kl_between_tilts(lam: Scalar, lam2: Scalar, log_partition: Scalar, log_partition2: Scalar,
-                     tilted_mean: Scalar) -> torch.Tensor:
-    """KL(q_lambda || q_lambda2), Lemma D.9 eq. (72); ``tilted_mean`` is A'(lambda)."""
-    return (_t(lam) - _t(lam2)) * _t(tilted_mean) - (_t(log_partition) - _t(log_partition2))
 
 
 def tv_between_truncations(survival: Scalar, survival2: Scalar) -> torch.Tensor:

@@ -1,14 +1,17 @@
-"""Hard constraint vs. KLSC on a score law (Sec. 2.2.2, App D.1, App H; RM §2-§5, §11).
+"""Hard constraint vs. KLSC on a score law (paper Sec 2.2.2, App D.1, App H).
+
+The one home of the tilt helpers (each takes the base law first):
 
 - Hard truncation p_tau = p(. | psi >= tau) (Def. 2.1, Lemma D.1, eq. 6/43).
 - KLSC tilt q_lambda = e^{lambda psi} p / Z(lambda) (Def. 2.2, Lemma D.4, eq. 9/47),
   with log-partition A(lambda) = log E_p e^{lambda psi}, A' = E_q psi and
-  A'' = Var_q psi (Remark D.5, eqs. 61-62).
-- Calibration to a faithfulness level t by bisection (App H.3, eqs. 198-201):
-  tau(t) solves E[psi | psi >= tau] = t, lambda(t) solves A'(lambda) = t. A level at
-  or below the prior mean makes the KLSC constraint inactive: lambda = 0, q = p
-  (Lemma D.4, first case).
-- :func:`matched_comparison`: the App H.4 metrics of both families at one level t.
+  A'' = Var_q psi (Remark D.5, eqs. 61-62); KL(q_lambda || p) and Lemma D.9's
+  KL(q_lambda || q_lambda') in closed form from A.
+- A base law may itself be a tilt: ``EmpiricalScore(psi_N, energy_N)`` is
+  q ∝ p e^{energy} on a pool drawn from p (self-normalised importance sampling),
+  so task-injected tilts (App E) and Lemma F.1's tilted pool use the same helpers.
+
+Calibration to a level t lives in :mod:`klsc_lib.constraints.calibration`.
 
 Truncations and tilts of an :class:`~klsc_lib.constraints.score_variable.EmpiricalScore` are
 reweightings of the same sample, so any two of them compare exactly over it
@@ -21,20 +24,7 @@ from typing import Protocol
 
 import torch
 
-from klsc_lib.constraints.calibration import bisect_increasing
-from klsc_lib.constraints.divergences import kl_tilt, kl_truncation, kl_weights, tv_weights
 from klsc_lib.constraints.score_variable import EmpiricalScore, Scalar
-
-
-class TruncatableLaw(Protocol):
-    """What :func:`calibrate_tau` needs: both score laws of :mod:`klsc_lib.constraints.score_variable`."""
-
-    lower: float
-    upper: float
-
-    def mean(self) -> torch.Tensor: ...
-
-    def truncated_mean(self, tau: Scalar) -> torch.Tensor: ...
 
 
 def _lam_LN(law: EmpiricalScore, lam: Scalar) -> torch.Tensor:
@@ -86,55 +76,95 @@ def tilt(law: EmpiricalScore, lam: float) -> EmpiricalScore:
     return EmpiricalScore(law.values, law.log_weights + lam * law.values)
 
 
-def calibrate_lambda(law: EmpiricalScore, t: float, lam_max: float = 50.0, tol: float = 1e-10,
-                     max_iter: int = 200) -> float:
-    """lambda(t) >= 0 with A'(lambda) = t (Remark D.5, eq. 200-201). Returns 0 when
-    t <= E_p psi (inactive constraint); raises
-    :class:`~klsc_lib.constraints.calibration.UnreachableTarget` naming the attainable range
-    [E_p psi, A'(lam_max)] otherwise."""
-    if t <= float(law.mean()):
-        return 0.0
-    return bisect_increasing(lambda lam: float(tilted_mean(law, lam)), t, 0.0, lam_max, tol=tol,
-                             max_iter=max_iter, what="KLSC tilt strength lambda")
+def kl_tilt(law: EmpiricalScore, lam: Scalar) -> torch.Tensor:
+    """KL(q_lambda || p) = lambda A'(lambda) - A(lambda) (Remark D.5, eq. 58), batched over lambda."""
+    lam_L = torch.as_tensor(lam, dtype=torch.float64, device=law.values.device)
+    return lam_L * tilted_mean(law, lam_L) - log_partition(law, lam_L)
 
 
-def calibrate_tau(law: TruncatableLaw, t: float, lo: float | None = None, hi: float | None = None,
-                  tol: float = 1e-10, max_iter: int = 200) -> float:
-    """tau(t) with E[psi | psi >= tau] = t (eq. 199), by bisection on a bracket that
-    covers the observed score range (default [min psi, max psi] of a sample). Returns
-    ``law.lower`` (no truncation, p_tau = p) when t <= E_p psi; raises
-    :class:`~klsc_lib.constraints.calibration.UnreachableTarget` when t is above the attainable
-    range. For a law on the whole line pass a finite bracket."""
-    if t <= float(law.mean()):
-        return law.lower
-    lo = law.lower if lo is None else lo
-    hi = law.upper if hi is None else hi
-    return bisect_increasing(lambda tau: float(law.truncated_mean(tau)), t, lo, hi, tol=tol,
-                             max_iter=max_iter, what="hard threshold tau")
+def kl_between_tilts(law: EmpiricalScore, lam: Scalar, lam2: Scalar) -> torch.Tensor:
+    """KL(q_lambda || q_lambda2) = (lambda - lambda2) A'(lambda) - (A(lambda) - A(lambda2))
+    (Lemma D.9, eq. 72)."""
+    lam_L = torch.as_tensor(lam, dtype=torch.float64, device=law.values.device)
+    lam2_L = torch.as_tensor(lam2, dtype=torch.float64, device=law.values.device)
+    return (lam_L - lam2_L) * tilted_mean(law, lam_L) - (log_partition(law, lam_L) - log_partition(law, lam2_L))
 
 
-def matched_comparison(law: EmpiricalScore, t: float, delta: float, eps: float, lam_max: float = 50.0,
-                       tol: float = 1e-10, max_iter: int = 200) -> dict[str, float]:
-    """App H.3-H.4 at one faithfulness level t, both families calibrated on ``law``:
+def effective_sample_size(law: EmpiricalScore) -> float:
+    """1 / sum_i w_i^2 of the law's normalised weights; Lemma F.1's tilted pool
+    collapses to its argmax, so this tends to 1 as lambda grows."""
+    return float(1.0 / (2 * law.log_weights).exp().sum())
 
-    - ``tau``, ``lam`` and the achieved means ``t_hard``, ``t_soft`` (eq. 198);
-    - boundary mass B_delta on the shell [tau, tau + delta) of the hard threshold,
-      for p_tau and for q_lambda conditioned on A_tau (Def. 2.3, eq. 202);
-    - finite-step instability TV(q_t, q_{t+eps}) after re-calibrating at t + eps (eq. 203);
-    - KL(q || p): -log S(tau) and lambda t - A(lambda) (Lemma D.1, Remark D.5);
-    - ``kl_hard_soft`` = KL(p_tau || q_lambda) and ``tv_hard_soft`` between the two.
-    """
-    tau, tau2 = (calibrate_tau(law, s, tol=tol, max_iter=max_iter) for s in (t, t + eps))
-    lam, lam2 = (calibrate_lambda(law, s, lam_max, tol=tol, max_iter=max_iter) for s in (t, t + eps))
-    hard, hard2, soft, soft2 = truncate(law, tau), truncate(law, tau2), tilt(law, lam), tilt(law, lam2)
-    return {
-        "t": t, "tau": tau, "lam": lam,
-        "t_hard": float(hard.mean()), "t_soft": float(soft.mean()),
-        "B_hard": float(hard.boundary_mass(tau, delta)), "B_soft": float(soft.boundary_mass(tau, delta)),
-        "TV_hard": float(tv_weights(hard.log_weights, hard2.log_weights)),
-        "TV_soft": float(tv_weights(soft.log_weights, soft2.log_weights)),
-        "KL_hard": float(kl_truncation(law.log_survival(tau))),
-        "KL_soft": float(kl_tilt(lam, log_partition(law, lam), tilted_mean(law, lam))),
-        "kl_hard_soft": float(kl_weights(hard.log_weights, soft.log_weights)),
-        "tv_hard_soft": float(tv_weights(hard.log_weights, soft.log_weights)),
-    }
+
+def resample(law: EmpiricalScore, pool_ND: torch.Tensor, n: int,
+             generator: torch.Generator | None = None) -> torch.Tensor:
+    """n draws from the law (e.g. a tilt of a prior pool) by multinomial resampling of
+    ``pool_ND``, the points whose scores are ``law.values`` (App H.2)."""
+    if len(pool_ND) != law.values.numel():
+        raise ValueError(f"pool has {len(pool_ND)} points but the law has {law.values.numel()} weights")
+    idx = torch.multinomial(law.weights.cpu(), n, replacement=True, generator=generator)
+    return pool_ND[idx.to(pool_ND.device)]
+
+
+def task_distortion_lower_bound(task_law: EmpiricalScore, s: float, eta_max: float = 10.0) -> float:
+    """Theorem E.3 (eq. 16): D_task(s) >= sup_{eta >= 0} eta s - Lambda(eta), with
+    Lambda(eta) = log E_{q*} e^{eta g} = ``log_partition(task_law, eta)`` when
+    ``task_law`` holds the task scores g under the intrinsic-only tilt q*. The objective
+    is concave in eta; maximised on [0, eta_max] (eta = 0 gives 0)."""
+    from scipy.optimize import minimize_scalar
+
+    best = minimize_scalar(lambda eta: -(eta * s - float(log_partition(task_law, eta))),
+                           bounds=(0.0, eta_max), method="bounded", options={"xatol": 1e-9})
+    return max(-float(best.fun), 0.0)
+
+
+class _TailLaw(Protocol):
+    def log_survival(self, tau: Scalar) -> torch.Tensor: ...
+
+    def truncated_mean(self, tau: Scalar) -> torch.Tensor: ...
+
+    def mean_residual_life(self, tau: Scalar) -> torch.Tensor: ...
+
+
+def v_hard(law: _TailLaw, tau: Scalar) -> torch.Tensor:
+    """Local TV speed of the hard path in the faithfulness level, 1 / m(tau) (Lemma D.11,
+    eq. 91); any score law with a mean residual life (the Gaussian: 1 / (r - tau), eq. 115)."""
+    return 1 / law.mean_residual_life(tau)
+
+
+def v_soft(law: EmpiricalScore, lam: Scalar) -> torch.Tensor:
+    """Local TV speed of the KLSC path, E_q|psi - t| / (2 Var_q psi) (Lemma D.12, eq. 101)."""
+    return tilted_mean_abs_dev(law, lam) / (2 * tilted_var(law, lam))
+
+
+def mean_instability_hard(law: _TailLaw, tau1: float, tau2: float) -> float:
+    """bar I_hard over [t(tau1), t(tau2)]: the accumulated hazard
+    (log S(tau1) - log S(tau2)) / (t2 - t1) (App D.4, eqs. 102-106; the Gaussian eq. 118)."""
+    dt = law.truncated_mean(tau2) - law.truncated_mean(tau1)
+    return float((law.log_survival(tau1) - law.log_survival(tau2)) / dt)
+
+
+def mean_instability_soft(law: EmpiricalScore, lam1: float, lam2: float, n: int = 401) -> float:
+    """bar I_soft over [A'(lam1), A'(lam2)]: the accumulated mean absolute deviation
+    1 / (2 (t2 - t1)) int_{lam1}^{lam2} E_q|psi - A'(lambda)| dlambda (App D.4, eq. 107),
+    by Simpson's rule on ``n`` (odd) nodes."""
+    from scipy.integrate import simpson
+
+    lam_L = torch.linspace(lam1, lam2, n | 1, dtype=torch.float64, device=law.values.device)
+    mad = torch.cat([tilted_mean_abs_dev(law, chunk) for chunk in lam_L.split(16)]).cpu().numpy()  # (16, N) at a time
+    dt = float(tilted_mean(law, lam2) - tilted_mean(law, lam1))
+    return float(simpson(mad, x=lam_L.cpu().numpy())) / (2 * dt)
+
+
+def finite_step_speeds(law: EmpiricalScore, tau: float, lam: float, step: float) -> tuple[float, float]:
+    """Finite versions of the local speeds: TV / |delta t| for central knob steps
+    tau +- step (TV = 1 - S(tau+) / S(tau-), Lemma D.10) and lambda +- step (TV over the
+    common sample); they tend to :func:`v_hard` and :func:`v_soft` as step -> 0
+    (Lemmas D.11-D.12), with an O(step) error."""
+    from klsc_lib.constraints.divergences import tv_between_truncations, tv_weights
+
+    lo, hi = tau - step, tau + step
+    hard = tv_between_truncations(law.survival(lo), law.survival(hi)) / (law.truncated_mean(hi) - law.truncated_mean(lo))
+    soft = tv_weights(tilt(law, lam - step).log_weights, tilt(law, lam + step).log_weights) / (
+        tilted_mean(law, lam + step) - tilted_mean(law, lam - step))
+    return float(hard), float(soft)

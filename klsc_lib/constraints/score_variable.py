@@ -1,4 +1,4 @@
-"""The 1-D score-variable view of App D.2-D.4 (RM §3-§6).
+"""The 1-D score-variable view of paper App D.2-D.4.
 
 Everything the hard constraint and KLSC do to a prior p is seen through the scalar
 Y = psi(X), X ~ p: its survival S(tau) = P(Y >= tau) (the mass of the upper set
@@ -37,7 +37,7 @@ def inverse_mills_ratio(tau: Scalar) -> torch.Tensor:
 
 
 class StandardNormalScore:
-    """Y ~ N(0, 1) (eq. 109): the closed forms of App D.4.4 (RM §6)."""
+    """Y ~ N(0, 1) (eq. 109): the closed forms of App D.4.4."""
 
     lower = -math.inf
     upper = math.inf
@@ -193,3 +193,23 @@ def midpoint_grid_2d(lim: float, n: int, device: torch.device | str = "cpu") -> 
     mid_G, log_width = midpoint_grid_1d(-lim, lim, n, device)
     x2_GG, x1_GG = torch.meshgrid(mid_G, mid_G, indexing="ij")
     return torch.stack([x1_GG.reshape(-1), x2_GG.reshape(-1)], dim=-1), 2 * log_width
+
+
+def angular_score_law(log_prob, theta0: float, scale: float, n_theta: int, r_max: float = 10.0, n_r: int = 200,
+                      device: torch.device | str = "cpu") -> EmpiricalScore:
+    """Law of psi(x) = scale |wrap(atan2(x2, x1) - theta0)| (App H.1) under a 2-D density,
+    by quadrature in polar coordinates: ``n_theta`` midpoint cells in the angle around
+    theta0 and Gauss-Legendre in the radius on [0, r_max]. Unlike a Cartesian grid, the
+    score takes ``n_theta / 2`` evenly spaced values, so quantities that need a smooth
+    score density (hazard, mean residual life, Lemma D.11's speed) converge fast."""
+    import numpy as np
+
+    mid_T, log_width = midpoint_grid_1d(-math.pi, math.pi, n_theta, device)  # angle offset from theta0
+    nodes, weights = np.polynomial.legendre.leggauss(n_r)
+    r_R = torch.as_tensor((nodes + 1) * r_max / 2, dtype=torch.float64, device=device)
+    log_w_R = torch.as_tensor(np.log(weights * r_max / 2), dtype=torch.float64, device=device) + r_R.log()
+    angle_T = mid_T + theta0
+    x_TRD = torch.stack([r_R * angle_T[:, None].cos(), r_R * angle_T[:, None].sin()], dim=-1)
+    log_p_TR = log_prob(x_TRD.reshape(-1, 2)).reshape(n_theta, n_r).to(torch.float64)
+    log_mass_T = torch.logsumexp(log_p_TR + log_w_R, dim=1) + log_width
+    return EmpiricalScore(scale * mid_T.abs(), log_mass_T)
