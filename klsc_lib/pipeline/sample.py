@@ -91,7 +91,7 @@ def run_sample(spec: WorldSpec, out: str | Path, ranks: D.Ranks, settings: Sampl
     transcoder.to(ranks.device).requires_grad_(False)
     net = D.primary_first(ranks, lambda: backbone(spec, ranks.device))
     diffusion = prior(spec, ranks.device)
-    held_out = images(spec, "test")
+    held_out = images(spec, "test") if settings.cap is None else None  # real images set the cap
     steps = min(settings.steps, diffusion.schedule.num_train_timesteps)
     config = {"world": spec.key(), "transcoder": config_hash(json.loads((transcoder_dir(out) / RUN).read_text())), "settings": asdict(settings), "steps": steps,
               "n_per_feature": n_per_feature, "cap_from_top": CAP_TOP if settings.cap is None else None,
