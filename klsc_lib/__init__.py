@@ -2,8 +2,9 @@
 "A Distributional View for Visual Mechanistic Interpretability: KL-Minimal
 Soft-Constraint Principle" (ICML 2026).
 
-Section numbers in docstrings refer to the paper (``shared/paper/paper.txt``);
-``RM §n`` refers to section n of ``shared/paper/RECOVERED_MATH.md``.
+Section, appendix, table and equation numbers in docstrings refer to the paper (arXiv
+2605.17504). The paper's numbers and settings that the notebooks compare against are
+data in :mod:`klsc_lib.paper_values`.
 
 Shape suffixes
 --------------

@@ -1,12 +1,12 @@
 """The two model interfaces every image notebook uses, whatever world it runs in
-(embedded mini-world or the paper's models, RM §13).
+(embedded mini-world or the paper's models, App J).
 
 - :class:`Prior`: a diffusion prior = an epsilon-predictor on a DDPM schedule plus
   the shape of one sample. Samplers in :mod:`klsc_lib.diffusion` take ``prior.eps``.
 - :class:`HookedBackbone`: a vision model with one hook point, returning the input
   and output of the hooked block (paper Sec 3.1, App C: the transcoder maps the
   block input to the block output). Images enter in [-1, 1] (the diffusion range)
-  and ``preprocess`` maps them to what the backbone expects (RM §13 J.1: [-1,1] ->
+  and ``preprocess`` maps them to what the backbone expects (App J.1: [-1,1] ->
   [0,1] -> ImageNet mean/std for DINOv3).
 
 - :class:`ConditionalPrior`: a class-conditional prior p_theta(x | y), the proxy of the
@@ -32,7 +32,7 @@ from klsc_lib.diffusion.schedule import DDPMSchedule
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-PAPER_IMAGE_SIZE = 256  # RM §13 J.1: img_size 256
+PAPER_IMAGE_SIZE = 256  # App J.1: img_size 256
 
 EpsModel = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x_t, t_B) -> eps, same shape as x_t
 
@@ -96,7 +96,7 @@ class HookedBackbone(nn.Module):
 
 class ImageNetPreprocess(nn.Module):
     """[-1, 1] -> [0, 1] -> clamp -> (bilinear resize to ``image_size`` if needed) ->
-    ImageNet mean / std: the DINOv3 input at guidance time (RM §13 J.1). Differentiable."""
+    ImageNet mean / std: the DINOv3 input at guidance time (App J.1). Differentiable."""
 
     def __init__(self, image_size: int = PAPER_IMAGE_SIZE, mean: tuple[float, ...] = IMAGENET_MEAN,
                  std: tuple[float, ...] = IMAGENET_STD):

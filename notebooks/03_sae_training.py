@@ -36,7 +36,7 @@
 profile = "default"  # smoke | default | paper
 seed = 0
 device = "auto"
-out_dir = "../figures/03_sae_training"
+out_dir = "../runs/03_sae_training"  # interactive runs write here; make figures passes figures/03_sae_training
 
 # %%
 from dataclasses import asdict, replace
@@ -50,11 +50,12 @@ from klsc_lib.interfaces import HookedBackbone
 from klsc_lib.paper_values import TABLE7, TRANSCODER
 from klsc_lib.profiles import get_profile
 from klsc_lib.report import Report
-from klsc_lib.runtime import config_hash, resolve_device, seed_everything
+from klsc_lib.runtime import cache_dir, config_hash, resolve_device, seed_everything
 from klsc_lib.sae.artifacts import load_or_build_index, load_or_fit_transcoder
 from klsc_lib.sae.topk_index import rescan_top_ids
 from klsc_lib.sae.training import classification_accuracy
-from klsc_lib.viz.gallery import FeatureBrowser, FeatureGallery
+from klsc_lib.viz.gallery import FeatureGallery
+from klsc_lib.viz.inspector import FeatureInspector
 from klsc_lib.viz.world import record_world
 from klsc_lib.worlds import load_world
 
@@ -241,11 +242,16 @@ plt.show()
 
 # %% [markdown]
 # **What we see.** The top images of a pure feature share its factor; the heat-map shows
-# where on the image the feature fires. Type any feature id below (headless runs only
-# print the widget).
+# where on the image the feature fires.
+#
+# The **feature inspector** below opens any feature: its top images and heat-maps, its
+# concept (the factor value its top images share most), the samples notebook 04 stored,
+# EnergyDPS samples generated on demand at the strength and cap of the sliders, its
+# activation histogram, the semantic-shift strip (App L.3) and your notes (saved next to
+# the transcoder). It needs a live kernel (`make lab`); headless runs only print the widget.
 
 # %%
-FeatureBrowser(gallery, k=cfg.grid_k, initial=int(show[0]))
+FeatureInspector(world, main, feature_index, cache_dir() / "samples", k=cfg.grid_k, initial=int(show[0]))
 
 # %% [markdown]
 # ## Hook depth: a precondition for Table 8 (App L.2.1)

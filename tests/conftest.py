@@ -27,7 +27,7 @@ def one_thread():
 
 @pytest.fixture(scope="session")
 def gmm_law():
-    """Score variable psi(X) of 20,000 draws from the App H prior (RM §11 defaults)."""
+    """Score variable psi(X) of 20,000 draws from the App H prior (our default constants)."""
     from klsc_lib.worlds.gmm import AngularScore, four_mode_gmm
     from klsc_lib.constraints.score_variable import EmpiricalScore
 

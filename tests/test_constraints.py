@@ -1,15 +1,24 @@
-"""Hard truncation, KLSC tilt, log-partition and calibration (Def. 2.1-2.2, Lemma
-D.4, Remark D.5, Theorem D.14, App H.3; RM §2, §7, §11)."""
+"""Hard truncation, KLSC tilt, log-partition, the matched comparison and the local
+speeds (Def. 2.1-2.2, Lemma D.4, Remark D.5, Lemmas D.7-D.12, Theorem D.14, App H.3)
+against closed forms, SciPy and Monte Carlo."""
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import pytest
 import torch
+from scipy import stats
+from scipy.optimize import brentq
 
-from klsc_lib.constraints.calibration import calibrate_lambda, calibrate_tau, matched_comparison
+from klsc_lib.constraints.calibration import calibrate_lambda, calibrate_tau, matched_comparison, summarize_seeds
 from klsc_lib.constraints.divergences import kl_truncation, kl_weights
-from klsc_lib.constraints.hard_vs_tilt import kl_tilt, log_partition, tilt, tilted_mean, tilted_var, truncate
-from klsc_lib.constraints.score_variable import StandardNormalScore
+from klsc_lib.constraints.hard_vs_tilt import (finite_step_speeds, kl_tilt, log_partition, mean_instability_hard,
+                                               mean_instability_soft, tilt, tilted_mean, tilted_var, truncate, v_hard,
+                                               v_soft)
+from klsc_lib.constraints.score_variable import StandardNormalScore, angular_score_law
+from klsc_lib.worlds.gmm import four_mode_gmm
 
 
 @pytest.mark.parametrize("lam", [0.5, 1.7])
@@ -61,7 +70,7 @@ def test_calibration_hits_the_target(gmm_law):
 
 
 def test_theorem_d14_identity_at_matched_mean(gmm_grid_law):
-    # KL(p_tau||p) - KL(q*||p) = KL(p_tau||q*) when E_q* psi = E_{p_tau} psi (RM §2, §7),
+    # KL(p_tau||p) - KL(q*||p) = KL(p_tau||q*) when E_q* psi = E_{p_tau} psi (Theorem D.14),
     # exact on a quadrature grid once the mean is matched on that same grid.
     for tau in (2.0, 5.5):
         t_tau = float(gmm_grid_law.truncated_mean(tau))
@@ -84,11 +93,70 @@ def test_pythagorean_identity_off_the_matched_mean(gmm_law):
     assert float(kl_weights(q.log_weights, gmm_law.log_weights)) == pytest.approx(float(rhs), rel=1e-10)
 
 
-def test_matched_comparison_fields_are_consistent(gmm_law):
-    row = matched_comparison(gmm_law, 6.0, delta=0.25, eps=0.1)
-    assert row["t_soft"] == pytest.approx(6.0, abs=1e-8)
-    assert row["t_hard"] == pytest.approx(6.0, abs=1e-3)
-    # Theorem D.14 (up to the tiny hard-mean mismatch) and Lemma D.7 at finite delta
-    assert row["KL_soft"] <= row["KL_hard"]
-    assert row["B_soft"] <= row["B_hard"]
-    assert 0 <= row["TV_soft"] <= 1 and 0 <= row["TV_hard"] <= 1
+def test_matched_comparison_on_the_gaussian_equals_scipy(normal_grid):
+    """Every field at t = E[Y | Y >= 1] for Y ~ N(0, 1), from scipy: tau = 1, lambda = t,
+    B on the shell [1, 1.1), TV steps (Lemma D.10 and 2 Phi(eps / 2) - 1), KLs and speeds."""
+    t, eps, delta = float(stats.truncnorm(1.0, math.inf).mean()), 0.05, 0.1
+    row = matched_comparison(normal_grid, t, delta, eps, tol=1e-13)
+    tau2 = brentq(lambda x: stats.truncnorm(x, math.inf).mean() - t - eps, 0.0, 3.0, xtol=1e-13)
+    sf = stats.norm.sf
+    expected = {"lam": t, "t_hard": t, "t_soft": t,
+                "B_hard": 1 - sf(1.0 + delta) / sf(1.0), "B_soft": 1 - sf(1.0 + delta - t) / sf(1.0 - t),
+                "TV_hard": 1 - sf(tau2) / sf(1.0), "TV_soft": 2 * stats.norm.cdf(eps / 2) - 1,
+                "KL_hard": -stats.norm.logsf(1.0), "KL_soft": t**2 / 2,
+                "v_hard": 1 / (t - 1.0), "v_soft": 1 / math.sqrt(2 * math.pi)}
+    assert row["tau"] == pytest.approx(1.0, abs=5e-4)  # the truncated mean is flat within a 5e-4-wide cell
+    # values that depend on tau move with it by up to one cell (h x 5e-4 in a mass); TV_hard has two such taus
+    rel = {"TV_hard": 2e-2, "t_hard": 1e-3, "B_hard": 1e-3, "B_soft": 1e-3, "KL_hard": 1e-3, "v_hard": 1e-3}
+    for key, value in expected.items():
+        assert row[key] == pytest.approx(value, rel=rel.get(key, 1e-6)), key
+
+
+def test_monte_carlo_comparison_agrees_with_the_quadrature_grid(gmm_law, gmm_grid_law):
+    """The same App H.4 quantities from 20,000 prior draws and from the density grid
+    agree within Monte Carlo error (binomial standard errors for the masses)."""
+    mc, grid = (matched_comparison(law, 6.0, delta=0.25, eps=0.1) for law in (gmm_law, gmm_grid_law))
+    n = 20_000
+    s_hat = float(gmm_law.survival(mc["tau"]))
+    assert mc["lam"] == pytest.approx(grid["lam"], rel=0.03)  # (tau itself sits where the score has little mass)
+    assert math.exp(-mc["KL_hard"]) == pytest.approx(math.exp(-grid["KL_hard"]), abs=4 * math.sqrt(s_hat / n))
+    b_se = math.sqrt(grid["B_hard"] * (1 - grid["B_hard"]) / (n * s_hat))
+    assert mc["B_hard"] == pytest.approx(grid["B_hard"], abs=4 * b_se)
+    # KL_soft = lambda t - A(lambda): the Monte Carlo error is that of A = log mean e^{lambda psi}
+    w_N = torch.exp(grid["lam"] * gmm_law.values)
+    a_se = float(w_N.std() / w_N.mean()) / math.sqrt(n)
+    assert mc["KL_soft"] == pytest.approx(grid["KL_soft"], abs=4 * a_se)
+
+
+def test_local_speeds_on_the_gaussian_match_lemmas_d11_d12(normal_grid):
+    """v_hard = 1 / (r(tau) - tau) and v_soft = 1 / sqrt(2 pi) (eqs. 115, 123); their
+    finite-step versions converge to them; bar I_soft = 1 / sqrt(2 pi) on any interval (eq. 124)."""
+    tau = 0.5
+    r = float(stats.truncnorm(tau, math.inf).mean())
+    assert float(v_hard(normal_grid, tau)) == pytest.approx(1 / (r - tau), rel=1e-6)
+    assert float(v_soft(normal_grid, r)) == pytest.approx(1 / math.sqrt(2 * math.pi), rel=1e-6)
+    fd_hard, fd_soft = finite_step_speeds(normal_grid, tau, r, 0.002)
+    assert fd_hard == pytest.approx(1 / (r - tau), rel=0.005) and fd_soft == pytest.approx(1 / math.sqrt(2 * math.pi), rel=1e-4)
+    assert mean_instability_soft(normal_grid, 0.5, 2.0) == pytest.approx(1 / math.sqrt(2 * math.pi), rel=1e-6)
+    assert mean_instability_hard(normal_grid, 0.0, 2.0) == pytest.approx(
+        (stats.norm.logsf(0.0) - stats.norm.logsf(2.0)) / (stats.truncnorm(2.0, math.inf).mean() - math.sqrt(2 / math.pi)),
+        rel=1e-6)
+
+
+def test_angular_score_law_matches_monte_carlo_and_the_cartesian_grid(gmm_law, gmm_grid_law):
+    """The polar quadrature law of psi: total mass 1, mean 3 pi / 2 by the four-fold
+    symmetry, survival within binomial error of 20,000 draws and close to the grid's."""
+    gmm = four_mode_gmm()
+    polar = angular_score_law(gmm.log_prob, math.pi / 4, 3.0, 4000)
+    assert float(polar.mean()) == pytest.approx(1.5 * math.pi, rel=1e-9)
+    taus = torch.tensor([1.0, 3.0, 5.0, 7.0, 9.0], dtype=torch.float64)
+    s_mc = gmm_law.survival(taus)
+    torch.testing.assert_close(polar.survival(taus), s_mc, atol=float(4 * (0.25 / 20_000) ** 0.5), rtol=0)
+    torch.testing.assert_close(polar.survival(taus), gmm_grid_law.survival(taus), atol=2e-3, rtol=0)
+
+
+def test_summarize_seeds_is_mean_and_sample_std():
+    rows = [[{"t": 5.0, "B_hard": b}] for b in (0.1, 0.2, 0.6)]
+    (out,) = summarize_seeds(rows)
+    assert out["B_hard"] == pytest.approx(0.3) and out["B_hard_std"] == pytest.approx(float(np.std([0.1, 0.2, 0.6], ddof=1)))
+    assert out["n_seeds"] == 3 and out["t_std"] == 0.0

@@ -1,4 +1,4 @@
-"""The 1-D score-variable view (App D.2-D.4, RM §3-§6): empirical laws against
+"""The 1-D score-variable view (App D.2-D.4): empirical laws against
 hand-computed values and against the standard-normal closed forms."""
 
 from __future__ import annotations

@@ -56,7 +56,7 @@ def test_unconditional_prior_is_the_null_label_of_the_conditional_one():
 
 
 def test_gradients_reach_the_image_through_prior_and_hook():
-    """Guidance (EnergyDPS, RM §10) differentiates eps and the hooked block w.r.t. x_t."""
+    """Guidance (EnergyDPS, Algorithm 1, App G) differentiates eps and the hooked block w.r.t. x_t."""
     world = untrained_world()
     x = torch.randn(2, 3, 16, 16, requires_grad=True)
     world.prior.eps(x, torch.tensor([10, 10])).square().sum().backward()

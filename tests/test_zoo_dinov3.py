@@ -1,4 +1,4 @@
-"""The DINOv3 ConvNeXt-Large loader (RM §13 J.1): Meta, timm and Hugging Face
+"""The DINOv3 ConvNeXt-Large loader (App J.1): Meta, timm and Hugging Face
 layouts, the hook at the input of ``stages.2.blocks.20`` and the preprocessing.
 
 ``MetaConvNeXt`` below is written in this test from the architecture of Meta's

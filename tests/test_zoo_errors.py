@@ -1,4 +1,4 @@
-"""One clear error for every bad weights file (issue 4; RM §13): missing, truncated,
+"""One clear error for every bad weights file (issue 4; App J): missing, truncated,
 not a pure-tensor file, unknown layout, wrong key set or wrong shapes. Each message
 names the file, the environment variable that points to it and where it is
 published; nothing ever falls back to random weights. Also: how PaperWorldConfig

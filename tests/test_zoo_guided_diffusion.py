@@ -1,4 +1,4 @@
-"""The guided-diffusion ImageNet-256 prior loader (RM §13 J.4): checkpoint key set,
+"""The guided-diffusion ImageNet-256 prior loader (App J.4): checkpoint key set,
 conversion into a diffusers UNet2DModel, numerical equivalence, learned variance.
 
 The reference network below, ``GDUNet``, is written in this test from the

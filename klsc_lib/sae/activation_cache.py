@@ -70,7 +70,80 @@ def _check_manifest(root: Path, config: dict[str, Any]) -> dict[str, Any] | None
     return manifest
 
 
+def _complete(root: Path, shard: int) -> bool:
+    return _shard_path(root, shard, "in").exists() and _shard_path(root, shard, "out").exists()
+
+
+def missing_shards(root: str | Path, n_shards: int) -> list[int]:
+    """Shards of a cache folder that are not complete yet (both files present), ascending."""
+    return [s for s in range(n_shards) if not _complete(Path(root), s)]
+
+
+def _run(backbone: HookedBackbone, dataset: torch.utils.data.Dataset, ids: range, device: torch.device
+         ) -> tuple[torch.Tensor, torch.Tensor]:
+    images_BCHW = torch.stack([dataset[i][0] for i in ids]).to(device)
+    in_BCHW, out_BCHW = backbone.hook_io(images_BCHW)
+    return in_BCHW.float().cpu(), out_BCHW.float().cpu()
+
+
 @torch.no_grad()
+def ensure_manifest(backbone: HookedBackbone, dataset: torch.utils.data.Dataset, root: str | Path,
+                    config: dict[str, Any], shard_size: int = 256, device: torch.device | str = "cpu"
+                    ) -> dict[str, Any]:
+    """The manifest of ``root`` for ``config`` (plus ``shard_size`` and ``n_images``):
+    read and checked (:class:`CacheMismatchError` for another config), or written
+    atomically after a probe of two images. Shards are written by :func:`write_shards`."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    n_images = len(dataset)
+    if n_images == 0:
+        raise ValueError("cannot cache activations of an empty dataset")
+    config = dict(config, shard_size=shard_size, n_images=n_images)
+    manifest = _check_manifest(root, config)
+    if manifest is None:
+        in_BCHW, out_BCHW = _run(backbone, dataset, range(min(2, n_images)), torch.device(device))
+        manifest = {"config": config, "config_hash": config_hash(config), "n_images": n_images,
+                    "shard_size": shard_size, "n_shards": math.ceil(n_images / shard_size),
+                    "dtype": np.dtype(DTYPE).name, "in_shape": list(in_BCHW.shape[1:]),
+                    "out_shape": list(out_BCHW.shape[1:])}
+        atomic_write_text(root / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+@torch.no_grad()
+def write_shards(backbone: HookedBackbone, dataset: torch.utils.data.Dataset, root: str | Path,
+                 shards: list[int], batch_size: int = 64, device: torch.device | str = "cpu",
+                 progress: bool = True,
+                 on_batch: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None] | None = None,
+                 on_shard: Callable[[int], None] | None = None) -> None:
+    """Compute and store the given ``shards`` of the cache in ``root`` (its manifest
+    must exist); complete ones are skipped, so several processes may each write their
+    own subset. ``on_shard(shard)`` is called after each shard is stored."""
+    root = Path(root)
+    manifest = json.loads((root / MANIFEST).read_text())
+    n_images, shard_size, device = manifest["n_images"], manifest["shard_size"], torch.device(device)
+    if len(dataset) != n_images:
+        raise CacheMismatchError(f"the manifest of {root} counts {n_images} images, the dataset has {len(dataset)}")
+    todo = [s for s in shards if not _complete(root, s)]
+    for shard in tqdm(todo, desc="activation cache", unit="shard", disable=not progress):
+        lo, hi = shard * shard_size, min((shard + 1) * shard_size, n_images)
+        ins, outs = [], []
+        for start in range(lo, hi, batch_size):
+            ids = range(start, min(start + batch_size, hi))
+            in_BCHW, out_BCHW = _run(backbone, dataset, ids, device)
+            if on_batch is not None:
+                on_batch(torch.tensor(list(ids)), in_BCHW, out_BCHW)
+            ins.append(in_BCHW)
+            outs.append(out_BCHW)
+        for which, parts in (("out", outs), ("in", ins)):
+            array = torch.cat(parts).numpy().astype(DTYPE)
+            if not np.isfinite(array).all():
+                raise OverflowError(f"hook activations of shard {shard} overflow float16; rescale them before caching")
+            _write_npy_atomically(_shard_path(root, shard, which), array)
+        if on_shard is not None:
+            on_shard(shard)
+
+
 def build_activation_cache(backbone: HookedBackbone, dataset: torch.utils.data.Dataset, root: str | Path,
                            config: dict[str, Any], shard_size: int = 256, batch_size: int = 64,
                            device: torch.device | str = "cpu", progress: bool = True,
@@ -84,44 +157,8 @@ def build_activation_cache(backbone: HookedBackbone, dataset: torch.utils.data.D
     shards are kept (resume). ``on_batch(image_ids_B, in_BCHW, out_BCHW)`` sees every
     freshly computed batch (e.g. to stream a :class:`klsc_lib.sae.topk_index.TopKIndex`).
     """
-    root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
-    config = dict(config, shard_size=shard_size, n_images=len(dataset))
-    manifest = _check_manifest(root, config)
-    n_images = len(dataset)
-    if n_images == 0:
-        raise ValueError("cannot cache activations of an empty dataset")
-    n_shards = math.ceil(n_images / shard_size)
-    device = torch.device(device)
-
-    def run(ids: range) -> tuple[torch.Tensor, torch.Tensor]:
-        images_BCHW = torch.stack([dataset[i][0] for i in ids]).to(device)
-        in_BCHW, out_BCHW = backbone.hook_io(images_BCHW)
-        return in_BCHW.float().cpu(), out_BCHW.float().cpu()
-
-    if manifest is None:
-        in_BCHW, out_BCHW = run(range(min(2, n_images)))
-        manifest = {"config": config, "config_hash": config_hash(config), "n_images": n_images,
-                    "shard_size": shard_size, "n_shards": n_shards, "dtype": np.dtype(DTYPE).name,
-                    "in_shape": list(in_BCHW.shape[1:]), "out_shape": list(out_BCHW.shape[1:])}
-        atomic_write_text(root / MANIFEST, json.dumps(manifest, indent=2) + "\n")
-    missing = [s for s in range(n_shards)
-               if not (_shard_path(root, s, "in").exists() and _shard_path(root, s, "out").exists())]
-    for shard in tqdm(missing, desc="activation cache", unit="shard", disable=not progress):
-        lo, hi = shard * shard_size, min((shard + 1) * shard_size, n_images)
-        ins, outs = [], []
-        for start in range(lo, hi, batch_size):
-            ids = range(start, min(start + batch_size, hi))
-            in_BCHW, out_BCHW = run(ids)
-            if on_batch is not None:
-                on_batch(torch.tensor(list(ids)), in_BCHW, out_BCHW)
-            ins.append(in_BCHW)
-            outs.append(out_BCHW)
-        for which, parts in (("out", outs), ("in", ins)):
-            array = torch.cat(parts).numpy().astype(DTYPE)
-            if not np.isfinite(array).all():
-                raise OverflowError(f"hook activations of shard {shard} overflow float16; rescale them before caching")
-            _write_npy_atomically(_shard_path(root, shard, which), array)
+    manifest = ensure_manifest(backbone, dataset, root, config, shard_size, device)
+    write_shards(backbone, dataset, root, list(range(manifest["n_shards"])), batch_size, device, progress, on_batch)
     return ActivationCache(root)
 
 
@@ -155,8 +192,7 @@ class ActivationCache:
         self.manifest = json.loads(path.read_text())
         if config is not None:
             _check_manifest(self.root, dict(config, shard_size=self.shard_size, n_images=self.n_images))
-        missing = [s for s in range(self.manifest["n_shards"])
-                   if not (_shard_path(self.root, s, "in").exists() and _shard_path(self.root, s, "out").exists())]
+        missing = missing_shards(self.root, self.manifest["n_shards"])
         if missing:
             raise CacheIncompleteError(f"activation cache {self.root} misses shards {missing[:5]}...; "
                                        "run build_activation_cache again with the same config to resume")

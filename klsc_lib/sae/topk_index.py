@@ -80,11 +80,34 @@ class TopKIndex:
                                          torch.ones(b * self.n_units, dtype=torch.long))
         ids_UB = torch.as_tensor(image_ids_B, dtype=torch.long).cpu().expand(self.n_units, b)
         pos_UB = torch.zeros_like(ids_UB) if positions_BU is None else positions_BU.cpu().long().T
-        scores = torch.cat([self.scores_UK, scores_BU.T], dim=1)
-        keep = scores.topk(self.k, dim=1).indices
-        self.scores_UK = scores.gather(1, keep)
-        self.ids_UK = torch.cat([self.ids_UK, ids_UB], dim=1).gather(1, keep)
-        self.pos_UK = torch.cat([self.pos_UK, pos_UB], dim=1).gather(1, keep)
+        self._keep_best(torch.cat([self.scores_UK, scores_BU.T], dim=1), torch.cat([self.ids_UK, ids_UB], dim=1),
+                        torch.cat([self.pos_UK, pos_UB], dim=1))
+
+    def _keep_best(self, scores_UN: torch.Tensor, ids_UN: torch.Tensor, pos_UN: torch.Tensor) -> None:
+        """Keep the k best candidates per unit: highest score first, equal scores by
+        ascending image id, so the result does not depend on the order images came in."""
+        by_id_UN = ids_UN.argsort(dim=1, stable=True)
+        by_score_UN = scores_UN.gather(1, by_id_UN).argsort(dim=1, descending=True, stable=True)
+        keep_UK = by_id_UN.gather(1, by_score_UN)[:, :self.k]
+        self.scores_UK, self.ids_UK, self.pos_UK = (t.gather(1, keep_UK) for t in (scores_UN, ids_UN, pos_UN))
+
+    @classmethod
+    def merged(cls, parts: "list[TopKIndex]") -> "TopKIndex":
+        """One index over the union of the (disjoint) image sets of ``parts`` (e.g. one
+        per process): the same top-k and histograms as a single streaming pass."""
+        if not parts:
+            raise ValueError("merged() needs at least one index")
+        first = parts[0]
+        for part in parts[1:]:
+            if (part.n_units, part.k) != (first.n_units, first.k):
+                raise ValueError(f"cannot merge indices of {part.n_units} units / k={part.k} into "
+                                 f"{first.n_units} units / k={first.k}")
+        index = cls(first.n_units, first.k)
+        index.width = max(p.width for p in parts)
+        index._keep_best(*(torch.cat([getattr(p, name) for p in parts], dim=1)
+                           for name in ("scores_UK", "ids_UK", "pos_UK")))
+        index.hist_UB = torch.stack([p.hist_UB for p in parts]).sum(dim=0)
+        return index
 
     def _check_unit(self, unit: int) -> int:
         if not (isinstance(unit, (int, np.integer)) and 0 <= unit < self.n_units):

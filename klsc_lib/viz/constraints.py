@@ -63,7 +63,7 @@ def table2_figure(mc: Sequence[Mapping[str, float]], grid: Sequence[Mapping[str,
                 cells += [f"{r[f'{m}_{sfx}']:.4f}±{r.get(f'{m}_{sfx}_std', 0.0):.4f}", f"{g[f'{m}_{sfx}']:.4f}",
                           f"{p[k]:.4f}" if p else "-"]
             rows.append(cells)
-    return table_figure(header, rows, title, col_width=1.2)
+    return table_figure(header, rows, title, col_width=1.5)
 
 
 def _density(law: EmpiricalScore, log_cell: float, n: int) -> np.ndarray:

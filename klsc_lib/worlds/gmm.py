@@ -1,7 +1,7 @@
 """The toy prior of App H / I: a 2-D Gaussian mixture and its angular intrinsic
 score, plus the DDPM-noised mixture whose score is the exact oracle of App I.3.
 
-Defaults are RM §11's suggestions (the paper's constants were stripped): four
+Defaults are App H's suggestions (the paper's constants were stripped): four
 modes at (+-2, +-2), isotropic std 0.6, uniform weights, theta_0 = pi/4, scale 3.
 Every constant is a constructor argument.
 """

@@ -1,4 +1,4 @@
-"""Load one of the two worlds the image notebooks run in (issue 4, RM §13).
+"""Load one of the two worlds the image notebooks run in (issue 4, App J).
 
 A :class:`World` bundles a hooked vision backbone, an unconditional diffusion prior,
 optionally a class-conditional prior (the DiffExplainer-style proxy baseline of paper
@@ -8,7 +8,7 @@ items carry ground-truth generative factors.
 - ``MiniWorldConfig`` (:mod:`klsc_lib.worlds.miniworld`): the embedded mini-world, built in
   code and trained on CPU (or loaded from the cache), no downloads.
 - ``PaperWorldConfig`` (:mod:`klsc_lib.worlds.zoo`): DINOv3 ConvNeXt-Large hooked at the input
-  of ``stages.2.blocks.20`` and the guided-diffusion ImageNet-256 prior (RM §13 J.1,
+  of ``stages.2.blocks.20`` and the guided-diffusion ImageNet-256 prior (App J.1,
   J.4), from local files.
 
 Notebooks call :func:`load_world` and never branch on which world is behind it.

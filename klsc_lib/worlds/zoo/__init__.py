@@ -1,4 +1,4 @@
-"""The paper's models behind the World interface (profile ``paper``; issue 4, RM §13, §15).
+"""The paper's models behind the World interface (profile ``paper``; issue 4, Sec 3, App J, and the authors' release).
 
 - :mod:`~klsc_lib.worlds.zoo.dinov3`: DINOv3 ConvNeXt-Large (timm ``convnext_large.dinov3_lvd1689m``)
   from Meta's ``.pth``, timm or Hugging Face weights, hooked at ``stages.2.blocks.20``.

@@ -1,13 +1,13 @@
 """Any diffusers ``UNet2DModel`` / ``DDPMPipeline`` folder on disk as a :class:`Prior`,
 e.g. the FFHQ / CelebA-HQ DDPMs of the prior ablation (paper App L.2.2, Table 9;
-RM §13 J.4 "FFHQ ablation").
+App J.4 "FFHQ ablation").
 
 Accepted folders: a pipeline folder (``unet/`` + ``scheduler/``), or a UNet folder
 (``config.json`` + ``diffusion_pytorch_model.safetensors`` or ``.bin``) with an
 optional ``scheduler_config.json`` next to it. The weights are read by us (safetensors
 or ``torch.load(weights_only=True)``) and must match the UNet's key set exactly:
 diffusers' own ``from_pretrained`` only warns about missing keys and keeps them
-random, which is the silent fallback RM §13 warns about.
+random, which is the silent fallback the project rules out.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""DINOv3 ConvNeXt-Large, the paper's vision backbone (paper Sec 3.1, App J.1; RM §13 J.1).
+"""DINOv3 ConvNeXt-Large, the paper's vision backbone (paper Sec 3.1, App J.1; App J.1).
 
 The architecture is timm's ``convnext_large.dinov3_lvd1689m`` (depths [3, 3, 27, 3],
 dims [192, 384, 768, 1536], layer scale, LayerNorm eps 1e-6, no classifier: the
@@ -15,10 +15,10 @@ DINOv3's ``x_norm_clstoken``). Weights come from a local file in one of three la
   ``layer_norm``).
 
 Every layout maps one-to-one onto timm's names; a file must match the architecture's
-key set exactly (RM §13: never a silent random-weight fallback). The hook is the
+key set exactly (paper App J: never a silent random-weight fallback). The hook is the
 input of ``stages.2.blocks.20`` (block 20 of the third stage; 768 x 16 x 16 at
 256 px), and images in [-1, 1] are mapped to [0, 1], clamped, resized to 256 px if
-needed and normalised with the ImageNet mean / std (RM §13 J.1, "Preprocessing at
+needed and normalised with the ImageNet mean / std (App J.1, "Preprocessing at
 guidance time").
 """
 
@@ -38,13 +38,13 @@ from klsc_lib.worlds.zoo.errors import WeightsFileError, WeightsSource, check_ke
 
 DINOV3_FILENAME = "dinov3_convnext_large_pretrain_lvd1689m-61fa432d.pth"
 DINOV3_SOURCE = WeightsSource(
-    what="DINOv3 ConvNeXt-Large backbone weights (RM §13 J.1)",
+    what="DINOv3 ConvNeXt-Large backbone weights (App J.1)",
     env_var="KLSC_DINOV3_WEIGHTS",
     published=(f"Meta's DINOv3 release (github.com/facebookresearch/dinov3, file {DINOV3_FILENAME}), "
                "Hugging Face facebook/dinov3-convnext-large-pretrain-lvd1689m (model.safetensors), "
                "or timm convnext_large.dinov3_lvd1689m (hub id timm/convnext_large.dinov3_lvd1689m)"),
 )
-PAPER_HOOK = "stages.2.blocks.20"  # RM §13 J.1: stages.2.20.hook_resid_pre = input of block 20 of stage 2
+PAPER_HOOK = "stages.2.blocks.20"  # App J.1: stages.2.20.hook_resid_pre = input of block 20 of stage 2
 
 
 @dataclass(frozen=True)
@@ -141,7 +141,7 @@ def load_dinov3_convnext(path: str | Path, arch: ConvNeXtArch = CONVNEXT_LARGE,
 def dinov3_backbone(path: str | Path, device: str | torch.device = "auto", block: str = PAPER_HOOK,
                     arch: ConvNeXtArch = CONVNEXT_LARGE, image_size: int = PAPER_IMAGE_SIZE) -> HookedBackbone:
     """The paper's hooked backbone: DINOv3 ConvNeXt-L from ``path``, hooked at the input
-    (and output) of ``block`` (RM §13 J.1), taking images in [-1, 1]."""
+    (and output) of ``block`` (App J.1), taking images in [-1, 1]."""
     device = resolve_device(device)
     model = load_dinov3_convnext(path, arch=arch, device=device)
     preprocess = ImageNetPreprocess(image_size).to(device)

@@ -1,5 +1,5 @@
 """One error for every weights file of the paper's models that is missing, unreadable
-or holds the wrong tensors (issue 4; RM §13 J.1, J.4, §15).
+or holds the wrong tensors (issue 4; App J.1, J.4, §15).
 
 The DPS reference code falls back to random weights when a checkpoint does not load;
 we never do: every loader in :mod:`klsc_lib.worlds.zoo` either loads every tensor of the

@@ -1,5 +1,5 @@
 """The paper's diffusion prior: OpenAI guided-diffusion's 256x256 unconditional ImageNet
-UNet, the file DPS calls ``imagenet256.pt`` (paper Sec 3.1, App J.4; RM §13 J.4).
+UNet, the file DPS calls ``imagenet256.pt`` (paper Sec 3.1, App J.4; App J.4).
 
 Architecture (``256x256_diffusion_uncond.pt``): 256 base channels, channel multipliers
 (1, 1, 2, 2, 4, 4), 2 res-blocks per level, self-attention at resolutions 32 / 16 / 8
@@ -37,7 +37,7 @@ from klsc_lib.worlds.zoo.errors import WeightsSource, check_key_set, read_state_
 
 GUIDED_DIFFUSION_FILENAME = "256x256_diffusion_uncond.pt"
 GUIDED_DIFFUSION_SOURCE = WeightsSource(
-    what="guided-diffusion ImageNet-256 unconditional prior (RM §13 J.4)",
+    what="guided-diffusion ImageNet-256 unconditional prior (App J.4)",
     env_var="KLSC_GUIDED_DIFFUSION_WEIGHTS",
     published=("the OpenAI guided-diffusion release (github.com/openai/guided-diffusion, file "
                f"{GUIDED_DIFFUSION_FILENAME}); the DPS repository (github.com/DPS2022/diffusion-posterior-sampling) "
@@ -252,7 +252,7 @@ class LearnedSigmaEps(nn.Module):
 
 def guided_diffusion_prior(path: str | Path, device: str | torch.device = "auto",
                            cfg: GuidedUNetConfig = IMAGENET256_UNCOND) -> Prior:
-    """The DPS ImageNet-256 prior (RM §13 J.4) from ``path``: eps-model, the 1000-step
+    """The DPS ImageNet-256 prior (App J.4) from ``path``: eps-model, the 1000-step
     linear schedule, samples of shape (3, 256, 256), x0-hat clipped to [-1, 1]
     (``clip_denoised=True``). ``prior.eps.eps_and_log_variance`` gives the learned variance."""
     schedule = DDPMSchedule()

@@ -1,7 +1,7 @@
 """The paper's world (profile ``paper``): DINOv3 ConvNeXt-L hooked at the input of
 ``stages.2.blocks.20``, the guided-diffusion ImageNet-256 unconditional prior (or a
 diffusers DDPM folder for the App L.2.2 ablation) and, optionally, ImageNet images
-(paper Sec 3.1, App J.1, J.4; RM §13).
+(paper Sec 3.1, App J.1, J.4; App J).
 
 Every path is resolved as: environment variable if set, else the config field, else
 ``cache_dir()/weights/<published file name>``. Nothing is downloaded; a missing file
@@ -35,7 +35,7 @@ class PaperWorldConfig:
     diffusers_prior: str | None = None  # $KLSC_DIFFUSERS_PRIOR; a diffusers DDPM folder, used when prior_kind="diffusers"
     image_folder: str | None = None  # $KLSC_IMAGENET_DIR; ImageNet layout: <root>/train/<class>/*, <root>/val/<class>/*
     prior_kind: Literal["guided-diffusion", "diffusers"] = "guided-diffusion"
-    hook: str = PAPER_HOOK  # RM §13 J.1 (ablations: stages.2.blocks.5 / .25, Table 8)
+    hook: str = PAPER_HOOK  # App J.1 (ablations: stages.2.blocks.5 / .25, Table 8)
     image_size: int = PAPER_IMAGE_SIZE
     name: str = "paper"
 
@@ -64,7 +64,7 @@ def _resolve(env_var: str, configured: str | None, default_name: str) -> Path:
 class LabelledImageFolder(Dataset):
     """An ImageNet-layout folder (one sub-folder per class) as World items:
     (image_CHW in [-1, 1], {"label": class index}); resize + centre crop to
-    ``image_size`` (the backbone's CenterCrop(256), RM §13 J.1)."""
+    ``image_size`` (the backbone's CenterCrop(256), App J.1)."""
 
     def __init__(self, root: str | Path, image_size: int = PAPER_IMAGE_SIZE):
         from torchvision import datasets, transforms

@@ -1,0 +1,228 @@
+"""What the feature inspector (:mod:`klsc_lib.viz.inspector`) shows, without widgets:
+the ground-truth concept of each feature, the user's notes, the samples stores of a
+cache root, the inspector's own EnergyDPS runs, and images as PNG bytes.
+
+- :func:`feature_concepts`: a feature's concept on a world with known factors = the
+  (factor, value) its top-k real images share most (paper Sec 3.1 (i), App L.1), ranked
+  by chance-corrected share, so a 2-valued factor does not win by chance.
+- :class:`FeatureNotes`: a short label per feature in a JSON file (written atomically),
+  searchable, exportable as CSV. Notes are the reader's reference concept; they never
+  enter rater packets (:mod:`klsc_lib.analysis.raters.packets`).
+- :func:`find_stores`: every :class:`~klsc_lib.samples_store.SamplesStore` of one unit
+  kind under a root, grouped by method.
+- :func:`sample_feature`: a batch of EnergyDPS samples (Algorithm 1, App J.4) for one
+  feature at one guidance strength and cap, with their psi and their index score.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from klsc_lib.diffusion.energy_dps import sample_energy_dps_ddpm
+from klsc_lib.diffusion.samplers import spaced_timesteps
+from klsc_lib.energies import feature_score
+from klsc_lib.interfaces import HookedBackbone, Prior
+from klsc_lib.paper_values import METHODS
+from klsc_lib.runtime import atomic_write_text
+from klsc_lib.samples_store import STORE_JSON, SamplesStore
+from klsc_lib.sae.topk_index import TopKIndex
+from klsc_lib.sae.transcoder import Transcoder
+
+
+# ---------------------------------------------------------------- concepts
+@dataclass(frozen=True)
+class Concept:
+    """The (factor, value) shared by ``count`` of a feature's ``of`` top images."""
+
+    factor: str
+    value: int
+    count: int
+    of: int
+    label: str  # "colour=red"
+
+    @property
+    def share(self) -> float:
+        return self.count / self.of
+
+
+def feature_concepts(index: TopKIndex, factors: Mapping[str, np.ndarray], top_n: int | None = None,
+                     value_names: Mapping[str, Sequence[Any]] | None = None) -> dict[int, Concept]:
+    """The concept of every feature with at least one indexed image: among its top
+    ``top_n`` images (all k when None), the (factor, value) with the highest
+    chance-corrected share (share - 1/K) / (1 - 1/K), K the factor's number of values.
+    ``factors[name][image_id]`` is the image's value; ``value_names`` names values."""
+    value_names = value_names or {}
+    sizes = {name: int(np.max(v)) + 1 for name, v in factors.items()}
+    ids_UK = index.ids_UK[:, :top_n].numpy()
+    concepts: dict[int, Concept] = {}
+    for unit, ids in enumerate(ids_UK):
+        ids = ids[ids >= 0]
+        if not len(ids):
+            continue
+        best: tuple[float, Concept] | None = None
+        for name, values_N in factors.items():
+            if ids.max() >= len(values_N):
+                raise ValueError(f"image id {int(ids.max())} of feature {unit} is beyond the {len(values_N)} "
+                                 f"factor labels of {name!r}: pass the factors of the indexed images")
+            counts = np.bincount(values_N[ids], minlength=sizes[name])
+            value, count = int(counts.argmax()), int(counts.max())
+            k = max(sizes[name], 2)
+            score = (count / len(ids) - 1 / k) / (1 - 1 / k)
+            if best is None or score > best[0]:
+                names = value_names.get(name)
+                shown = names[value] if names is not None and value < len(names) else value
+                best = (score, Concept(name, value, count, len(ids), f"{name}={shown}"))
+        concepts[unit] = best[1]
+    return concepts
+
+
+def miniworld_value_names(factor_names: Sequence[str]) -> dict[str, list[str]]:
+    """Readable factor values of the mini-world (empty for another world's factors)."""
+    from klsc_lib.worlds.miniworld.data import BACKGROUNDS, COLOURS, FACTOR_NAMES, POSITIONS, SIZES
+
+    if tuple(factor_names) != FACTOR_NAMES:
+        return {}
+    return {"digit": [str(d) for d in range(10)], "colour": list(COLOURS), "size": [f"{s}px" for s in SIZES],
+            "position": list(POSITIONS), "background": list(BACKGROUNDS)}
+
+
+# ---------------------------------------------------------------- notes
+class FeatureNotes:
+    """Short labels per feature id, saved to ``path`` (JSON ``{"feature": "note"}``) on
+    every change and read back when opened again."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.notes: dict[int, str] = {}
+        if self.path.exists():
+            try:
+                raw = json.loads(self.path.read_text())
+                self.notes = {int(k): str(v) for k, v in raw.items()}
+            except (json.JSONDecodeError, AttributeError, ValueError) as err:
+                raise ValueError(f"notes file {self.path} is not a JSON object of feature id -> note ({err}); "
+                                 "fix or delete it") from err
+
+    def get(self, feature: int) -> str:
+        return self.notes.get(int(feature), "")
+
+    def set(self, feature: int, note: str) -> None:
+        """Attach ``note`` to ``feature`` (an empty note removes it) and save."""
+        note = note.strip()
+        if note:
+            self.notes[int(feature)] = note
+        else:
+            self.notes.pop(int(feature), None)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.path, json.dumps({str(k): v for k, v in sorted(self.notes.items())}, indent=2,
+                                                ensure_ascii=False) + "\n")
+
+    def search(self, query: str) -> list[int]:
+        """Features whose note contains ``query`` (case-insensitive), ascending."""
+        q = query.strip().lower()
+        return sorted(f for f, n in self.notes.items() if q and q in n.lower())
+
+    def export_csv(self, path: str | Path, concepts: Mapping[int, Concept] | None = None) -> Path:
+        """CSV with columns feature, note (and the ground-truth concept when given)."""
+        path, concepts = Path(path), concepts or {}
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(["feature", "note", "concept"])
+        for f, note in sorted(self.notes.items()):
+            writer.writerow([f, note, concepts[f].label if f in concepts else ""])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, buf.getvalue())
+        return path
+
+
+# ---------------------------------------------------------------- stores
+def find_stores(stores: str | Path | Iterable[SamplesStore], unit_kind: str = "Feature"
+                ) -> dict[str, list[SamplesStore]]:
+    """Stores of ``unit_kind`` grouped by method (in :data:`METHODS` order): from a root
+    folder (every ``<method>-<unit_kind>-<hash>/store.json`` under it) or from stores."""
+    if isinstance(stores, (str, Path)):
+        root = Path(stores)
+        if not root.is_dir():
+            raise FileNotFoundError(f"no samples store folder at {root}: run notebook 04 to fill it, or pass "
+                                    "SamplesStore objects")
+        found = []
+        for header in sorted(root.glob(f"*-{unit_kind}-*/{STORE_JSON}")):
+            info = json.loads(header.read_text())
+            found.append(SamplesStore(info["method"], info["unit_kind"], info["config"], root))
+        stores = found
+    grouped: dict[str, list[SamplesStore]] = {}
+    for store in stores:
+        if store.unit_kind == unit_kind:
+            grouped.setdefault(store.method, []).append(store)
+    return {m: grouped[m] for m in METHODS if m in grouped}
+
+
+# ---------------------------------------------------------------- scores and sampling
+@torch.no_grad()
+def peak_code(backbone: HookedBackbone, transcoder: Transcoder, feature: int, images_BCHW: torch.Tensor
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(peak_B, map_BHW): the feature's TopK code map on each image and its peak, the
+    score the top-k index and its histogram hold."""
+    device = transcoder.W_enc_FCkk.device
+    block_in, _ = backbone.hook_io(images_BCHW.to(device).float(), stop=True)
+    map_BHW = transcoder.encode(block_in)[:, feature].float().cpu()
+    return map_BHW.flatten(1).amax(1), map_BHW
+
+
+@dataclass(frozen=True)
+class SampleBatch:
+    images_BCHW: torch.Tensor  # in [-1, 1], on the CPU
+    psi_B: torch.Tensor  # the guided intrinsic score (App J.2)
+    peak_B: torch.Tensor  # the index's score (peak TopK code), for the histogram
+
+
+def sample_feature(prior: Prior, backbone: HookedBackbone, transcoder: Transcoder, feature: int, *, n: int,
+                   strength: float, cap: float, steps: int, seeds: Sequence[int],
+                   callback: Callable[[dict], None] | None = None) -> SampleBatch:
+    """``n`` EnergyDPS samples of ``feature`` (Algorithm 1 on respaced DDPM, Jacobian-free,
+    per-step scale ``strength``, clip cap ``cap`` on psi), one seed per sample."""
+    if len(seeds) != n:
+        raise ValueError(f"need one seed per sample, got {len(seeds)} seeds for {n} samples")
+    energy = feature_score(backbone, transcoder, feature)
+    device = transcoder.W_enc_FCkk.device
+    x_BCHW = sample_energy_dps_ddpm(prior, energy, timesteps=spaced_timesteps(prior.schedule, steps),
+                                    lam_B=strength, cap_B=cap, grad_through_denoiser=False, generators=list(seeds),
+                                    device=device, callback=callback, disable=True).detach()
+    with torch.no_grad():
+        psi_B = energy(x_BCHW).float().cpu()
+    return SampleBatch(x_BCHW.float().cpu(), psi_B, peak_code(backbone, transcoder, feature, x_BCHW)[0])
+
+
+# ---------------------------------------------------------------- pictures
+def to_png(image_CHW: torch.Tensor, heat_HW: torch.Tensor | None = None, vmax: float | None = None,
+           size: int = 88) -> bytes:
+    """PNG bytes of an image in [-1, 1], upscaled (nearest) to ``size`` pixels; with
+    ``heat_HW`` the greyscale image under an inferno-coloured activation map (bilinear,
+    scaled to ``vmax``), as in :class:`~klsc_lib.viz.gallery.FeatureGallery`."""
+    from matplotlib import colormaps
+    from PIL import Image
+
+    img_CHW = ((image_CHW.detach().float().cpu() + 1) / 2).clamp(0, 1)
+    if img_CHW.shape[0] == 1:
+        img_CHW = img_CHW.expand(3, -1, -1)
+    img_CHW = F.interpolate(img_CHW[None], size=(size, size), mode="nearest")[0]
+    if heat_HW is not None:
+        scale = max(float(vmax if vmax is not None else heat_HW.max()), 1e-6)
+        heat = F.interpolate(heat_HW.detach().float().cpu()[None, None], size=(size, size), mode="bilinear",
+                             align_corners=False)[0, 0]
+        heat = (heat / scale).clamp(0, 1)
+        colour_CHW = torch.from_numpy(colormaps["inferno"](heat.numpy())[..., :3]).permute(2, 0, 1).float()
+        grey = img_CHW.mean(0, keepdim=True).expand(3, -1, -1)
+        alpha = 0.25 + 0.6 * heat  # where the feature fires, its colour dominates
+        img_CHW = (1 - alpha) * grey + alpha * colour_CHW
+    buf = io.BytesIO()
+    Image.fromarray((img_CHW.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
