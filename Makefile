@@ -36,9 +36,10 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PYTHON) -m benchmarks
 
-# Build the default mini-world (backbone + priors, ~15 CPU minutes) into $KLSC_CACHE, or load it if cached.
+# Load the default mini-world (its weights ship in klsc_lib/worlds/miniworld/weights/); with REBUILD=1,
+# retrain it from nothing into $KLSC_CACHE (CPU hours on 2 cores) and rewrite the shipped files.
 miniworld: $(STAMP)
-	$(PYTHON) -m klsc_lib.worlds.miniworld --profile default
+	$(PYTHON) -m klsc_lib.worlds.miniworld --profile default $(if $(REBUILD),--rebuild --ship)
 
 # Re-pair notebooks after editing the jupytext .py sources (the .py files are the source of truth).
 sync: $(STAMP)

@@ -11,6 +11,8 @@
 
 - :class:`ConditionalPrior`: a class-conditional prior p_theta(x | y), the proxy of the
   DiffExplainer-style baseline (App J.3.2).
+- :class:`FactorConditionalPrior`: p_theta(x | any subset of generative factors),
+  through an embedding vector that a soft prompt can replace (App J.3.2).
 - :class:`World`: a hooked backbone, priors and a train / test image set whose items
   carry ground-truth generative factors. :func:`klsc_lib.worlds.load_world` builds one.
 - :class:`ImageNetPreprocess`: the paper's [-1, 1] -> ImageNet-normalised input map.
@@ -147,6 +149,42 @@ class ConditionalPrior:
         return Prior(eps, self.schedule, self.sample_shape, f"{self.name}|y", self.clip_x0)
 
 
+FactorEmbedder = Callable[[dict[str, torch.Tensor], int], torch.Tensor]  # (factors, batch) -> embedding_BD
+
+
+@dataclass
+class FactorConditionalPrior:
+    """p_theta(x | a subset of generative factors), conditioned through an embedding
+    vector: ``eps(x_t, t_B, embedding_BD)`` with ``embed(factors, batch)`` the embedding
+    of a partial factor setting (a factor left out is "not given"). An optimised vector
+    can stand in for ``embed``'s output (the soft prompt of a DiffExplainer-style
+    baseline, paper App J.3.2)."""
+
+    eps: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+    embed: FactorEmbedder
+    schedule: DDPMSchedule
+    sample_shape: tuple[int, ...]
+    factor_sizes: dict[str, int]
+    name: str = "factor_prior"
+    clip_x0: tuple[float, float] | None = (-1.0, 1.0)
+
+    def given_embedding(self, embedding_BD: torch.Tensor) -> Prior:
+        """The prior conditioned on a fixed embedding (batch size = its first dimension)."""
+        if embedding_BD.ndim != 2:
+            raise ValueError(f"embedding must be (B, D), got {tuple(embedding_BD.shape)}")
+
+        def eps(x_t: torch.Tensor, t_B: torch.Tensor) -> torch.Tensor:
+            if x_t.shape[0] != embedding_BD.shape[0]:
+                raise ValueError(f"batch of {x_t.shape[0]} images but {embedding_BD.shape[0]} embeddings")
+            return self.eps(x_t, t_B, embedding_BD)
+
+        return Prior(eps, self.schedule, self.sample_shape, f"{self.name}|emb", self.clip_x0)
+
+    def given(self, factors: dict[str, torch.Tensor], batch: int) -> Prior:
+        """The prior conditioned on ``factors`` (name -> (B,) ids or one id); others not given."""
+        return self.given_embedding(self.embed(factors, batch))
+
+
 @dataclass
 class World:
     """Backbone + priors + data of one world (see module docstring)."""
@@ -160,6 +198,8 @@ class World:
     factor_names: tuple[str, ...]  # ground-truth generative factors
     num_classes: int  # classes of the backbone's head
     quality: dict = field(default_factory=dict)  # quality metrics measured when built / loaded
+    factor_prior: FactorConditionalPrior | None = None  # p(x | any subset of factors); mini-world only
+    factor_classifier: nn.Module | None = None  # image -> {factor: logits}, separate from the backbone; mini-world only
 
     @property
     def image_size(self) -> int:

@@ -10,7 +10,8 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from klsc_lib.worlds.miniworld import MINIWORLD, BackboneConfig, MiniWorldConfig, PriorConfig, build, miniworld_hash
+from klsc_lib.worlds.miniworld import (MINIWORLD, BackboneConfig, FactorClassifierConfig, MiniWorldConfig, PriorConfig,
+                                      build, miniworld_hash)
 from klsc_lib.worlds.miniworld.training import train_resumable
 from klsc_lib.worlds import load_world
 
@@ -19,8 +20,9 @@ TINY = MiniWorldConfig(
     backbone=BackboneConfig(dims=(8, 16, 32, 64), input_size=16, steps=30, batch_size=32),
     prior=PriorConfig(channels=(16, 32, 32), attention=False, num_train_timesteps=50, beta_start=2e-3,
                       beta_end=0.3, steps=40, batch_size=32, ema_decay=0.9),
+    factor_classifier=FactorClassifierConfig(channels=(4, 8, 8), steps=20, batch_size=32),
     num_quality_samples=8, num_cond_quality_samples=4, quality_sampling_steps=10, checkpoint_every=10)
-KINDS = ("backbone", "prior")
+KINDS = ("backbone", "prior", "factor_classifier")
 TIMING = ("train_seconds", "train_cpu_seconds", "quality_seconds")
 
 
@@ -60,7 +62,7 @@ def forbid(*_args, **_kwargs):
 def test_smoke_world_builds_from_nothing_then_loads_as_a_cache_hit(cache, monkeypatch):
     cfg = MINIWORLD["smoke"]
     world = load_world(cfg, device="cpu", progress=False)
-    assert world.quality["trained_now"] == ["backbone", "prior"] and not world.quality["cache_hit"]
+    assert world.quality["trained_now"] == list(KINDS) and not world.quality["cache_hit"]
     x = world.test.images_NCHW[:3]
     t_B = torch.tensor([0, 50, 99])
     assert world.backbone(x).shape == (3, world.num_classes)
@@ -111,8 +113,9 @@ def test_interrupted_training_resumes_from_its_checkpoints(tmp_path, monkeypatch
     assert seen[0] == ("backbone", 21) and seen[-1] == ("prior", 35)
     seen.clear()
     resumed = build.load_miniworld(TINY, device="cpu", progress=False, on_step=crash_at("none", 0))
-    assert seen[0] == ("prior", 31) and resumed.quality["trained_now"] == ["prior"]
-    assert sorted(p.name for p in folder.iterdir()) == ["backbone.safetensors", "config.json", "prior.safetensors",
+    assert seen[0] == ("prior", 31) and resumed.quality["trained_now"] == ["prior", "factor_classifier"]
+    assert sorted(p.name for p in folder.iterdir()) == ["backbone.safetensors", "config.json",
+                                                        "factor_classifier.safetensors", "prior.safetensors",
                                                         "quality.json", "samples.safetensors"]
     assert folder.name == miniworld_hash(TINY) == reference.quality["config_hash"]
     assert_same_weights(reference_weights, cached_weights(TINY))

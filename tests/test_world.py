@@ -12,7 +12,7 @@ import torch
 from klsc_lib.diffusion.schedule import DDPMSchedule
 from klsc_lib.worlds.miniworld import MINIWORLD, MiniWorldConfig
 from klsc_lib.worlds.miniworld.data import FACTOR_NAMES, MiniWorldDataset
-from klsc_lib.worlds.miniworld.models import NULL_LABEL, build_convnext, build_unet, hooked_backbone, priors
+from klsc_lib.worlds.miniworld.models import build_convnext, build_unet, hooked_backbone, priors
 from klsc_lib.report import Report
 from klsc_lib.interfaces import ConditionalPrior, World
 from klsc_lib.viz.world import record_world
@@ -21,12 +21,12 @@ from klsc_lib.worlds import load_world
 
 def untrained_world(n: int = 16) -> World:
     cfg = MINIWORLD["smoke"]
-    prior, cond_prior = priors(build_unet(cfg.prior).eval(), cfg.prior, "untrained")
+    prior, cond_prior, factor_prior = priors(build_unet(cfg.prior).eval(), cfg.prior, "untrained")
     data = MiniWorldDataset(n, "test", 0)
     return World("untrained", hooked_backbone(build_convnext(cfg.backbone).eval(), cfg.backbone, "untrained"),
                  prior, cond_prior, data, data, FACTOR_NAMES, 10,
                  quality={"backbone_test_accuracy": 0.5, "prior_class_histogram": [1, 2],
-                          "samples_BCHW": torch.zeros(8, 3, 16, 16)})
+                          "samples_BCHW": torch.zeros(8, 3, 16, 16)}, factor_prior=factor_prior)
 
 
 def test_conditional_prior_given_fixes_the_labels():
@@ -47,10 +47,10 @@ def test_conditional_prior_given_fixes_the_labels():
         prior.eps(torch.zeros(3, 1), torch.tensor([1, 1, 1]))
 
 
-def test_unconditional_prior_is_the_null_label_of_the_conditional_one():
+def test_unconditional_prior_is_the_factor_prior_given_no_factor():
     world = untrained_world()
     x, t_B = torch.randn(2, 3, 16, 16), torch.tensor([3, 70])
-    null = world.cond_prior.eps(x, t_B, torch.full((2,), NULL_LABEL))
+    null = world.factor_prior.given({}, 2).eps(x, t_B)
     assert torch.allclose(world.prior.eps(x, t_B), null)
     assert not torch.allclose(world.cond_prior.given(torch.tensor([1, 1])).eps(x, t_B), null)
 

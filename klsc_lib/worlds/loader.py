@@ -6,7 +6,8 @@ Sec 3.1 / App J.3.2, emulated in notebook 04), and a train / test image set whos
 items carry ground-truth generative factors.
 
 - ``MiniWorldConfig`` (:mod:`klsc_lib.worlds.miniworld`): the embedded mini-world, built in
-  code and trained on CPU (or loaded from the cache), no downloads.
+  code; the default world's weights ship with the package, other configs train on CPU
+  (or load from the cache), no downloads.
 - ``PaperWorldConfig`` (:mod:`klsc_lib.worlds.zoo`): DINOv3 ConvNeXt-Large hooked at the input
   of ``stages.2.blocks.20`` and the guided-diffusion ImageNet-256 prior (App J.1,
   J.4), from local files.

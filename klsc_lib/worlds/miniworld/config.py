@@ -14,7 +14,7 @@ from klsc_lib.runtime import config_hash
 
 # Bump when a code change alters what a config trains into (data rendering, model
 # wiring, training loop), so old cache folders are not reused.
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -41,26 +41,43 @@ class BackboneConfig:
 
 @dataclass(frozen=True)
 class PriorConfig:
-    """A small diffusers ``UNet2DModel`` eps-predictor on the world's 16x16x3 images.
+    """A small diffusers ``UNet2DModel`` eps-predictor on the world's 16x16x3 images,
+    conditioned on any subset of the generative factors.
 
-    One network serves as both priors: it is trained with class dropout (the label is
-    replaced by a null id with probability ``p_uncond``, Ho & Salimans 2022), so with
-    the null id it is the unconditional prior p(x) and with a digit id the
-    class-conditional prior p(x | y) of the DiffExplainer-style proxy baseline (paper
-    App J.3.2). This halves the CPU cost of training two networks."""
+    Each factor has an embedding table with one extra "not given" row; the embeddings
+    are summed and added to the timestep embedding (diffusers' ``class_embed_type=
+    "identity"``). Training drops all factors with probability ``p_uncond`` (Ho &
+    Salimans 2022) and otherwise each factor independently with probability
+    ``p_drop_factor``, so every subset of factors is trained: with no factor the
+    network is the unconditional prior p(x), with the digit alone the class-conditional
+    prior p(x | y) of the DiffExplainer-style proxy baseline (paper App J.3.2), and an
+    embedding vector can replace the factor embeddings (a soft prompt)."""
 
     channels: tuple[int, ...] = (32, 64, 64)
     attention: bool = True  # self-attention at the middle resolution (8x8)
     layers_per_block: int = 1
     norm_groups: int = 8
-    num_train_timesteps: int = 1000  # RM §13 J.4: 1000-step linear schedule
+    num_train_timesteps: int = 1000  # paper App J.4: 1000-step linear schedule
     beta_start: float = 1e-4
     beta_end: float = 0.02
-    steps: int = 2400
-    batch_size: int = 128
+    steps: int = 1800
+    batch_size: int = 64
     lr: float = 1e-3
     p_uncond: float = 0.2
-    ema_decay: float = 0.995
+    p_drop_factor: float = 0.5
+    ema_decay: float = 0.999  # maximum decay of diffusers' EMAModel (with warm-up)
+    ema_power: float = 0.75
+
+
+@dataclass(frozen=True)
+class FactorClassifierConfig:
+    """A small CNN reading all five factors of a world image (:mod:`.factor_classifier`)."""
+
+    channels: tuple[int, ...] = (32, 64, 128)
+    steps: int = 800
+    batch_size: int = 128
+    lr: float = 2e-3
+    weight_decay: float = 0.05
 
 
 @dataclass(frozen=True)
@@ -71,9 +88,10 @@ class MiniWorldConfig:
     n_test: int = 2_000
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     prior: PriorConfig = field(default_factory=PriorConfig)
-    num_quality_samples: int = 128  # unconditional prior samples for KID / recognition
-    num_cond_quality_samples: int = 64  # class-conditional samples (labels cycle through the digits)
-    quality_sampling_steps: int = 250  # respaced DDPM ancestral steps for the quality samples
+    factor_classifier: FactorClassifierConfig = field(default_factory=FactorClassifierConfig)
+    num_quality_samples: int = 1000  # unconditional prior samples for KID / recognition / factor marginals
+    num_cond_quality_samples: int = 100  # digit-conditional and all-factor-conditional samples (each)
+    quality_sampling_steps: int = 100  # respaced DDPM ancestral steps for the quality samples
     checkpoint_every: int = 200
 
     def __post_init__(self) -> None:
@@ -96,6 +114,7 @@ MINIWORLD = {
         backbone=BackboneConfig(dims=(8, 16, 32, 64), input_size=16, steps=150, batch_size=64),
         prior=PriorConfig(channels=(16, 32, 32), attention=False, norm_groups=8, num_train_timesteps=100,
                           beta_start=1e-3, beta_end=0.2, steps=120, batch_size=64, ema_decay=0.9),
+        factor_classifier=FactorClassifierConfig(channels=(8, 16, 32), steps=60, batch_size=64),
         num_quality_samples=32, num_cond_quality_samples=20, quality_sampling_steps=50, checkpoint_every=40),
-    "default": MiniWorldConfig(name="miniworld"),
+    "default": MiniWorldConfig(name="miniworld"),  # shipped in weights/<hash>/ (make miniworld REBUILD=1)
 }

@@ -1,20 +1,20 @@
-"""The mini-world's networks: a slim timm ConvNeXt backbone and a small diffusers
-UNet prior, wrapped in the project's interfaces (:mod:`klsc_lib.interfaces`)."""
+"""The mini-world's networks: a slim timm ConvNeXt backbone and a small
+factor-conditioned diffusers UNet prior, wrapped in the project's interfaces (:mod:`klsc_lib.interfaces`)."""
 
 from __future__ import annotations
 
 import torch
+from torch import nn
 from diffusers import UNet2DModel
 from timm.models.convnext import ConvNeXt
 
 from klsc_lib.diffusion.schedule import DDPMSchedule
 from klsc_lib.interfaces import HookedBackbone, Prior
 from klsc_lib.worlds.miniworld.config import BackboneConfig, PriorConfig
-from klsc_lib.worlds.miniworld.data import IMAGE_SIZE
-from klsc_lib.interfaces import ConditionalPrior, ImageNetPreprocess
+from klsc_lib.worlds.miniworld.data import FACTOR_SIZES, IMAGE_SIZE
+from klsc_lib.interfaces import ConditionalPrior, FactorConditionalPrior, ImageNetPreprocess
 
 NUM_DIGITS = 10
-NULL_LABEL = NUM_DIGITS  # class id that means "no label" (unconditional prior)
 
 
 def build_convnext(cfg: BackboneConfig) -> ConvNeXt:
@@ -36,41 +36,78 @@ def backbone_features(backbone: HookedBackbone, x_BCHW: torch.Tensor) -> torch.T
     return model.forward_head(model.forward_features(backbone.preprocess(x_BCHW)), pre_logits=True)
 
 
-def build_unet(cfg: PriorConfig) -> UNet2DModel:
-    """Randomly initialised eps-predictor with NUM_DIGITS + 1 class embeddings (the last
-    is the null label of the unconditional prior)."""
-    n = len(cfg.channels)
-    down = ["DownBlock2D"] * n
-    up = ["UpBlock2D"] * n
-    if cfg.attention:
-        down[1], up[n - 2] = "AttnDownBlock2D", "AttnUpBlock2D"
-    return UNet2DModel(sample_size=IMAGE_SIZE, in_channels=3, out_channels=3, block_out_channels=cfg.channels,
-                       layers_per_block=cfg.layers_per_block, down_block_types=tuple(down),
-                       up_block_types=tuple(up), norm_num_groups=cfg.norm_groups,
-                       attention_head_dim=cfg.channels[1] // 2, num_class_embeds=NUM_DIGITS + 1)
+class FactorEmbedding(nn.Module):
+    """Sum over the generative factors of one learned vector per factor value; id
+    ``FACTOR_SIZES[name]`` (one past the last value), or a factor left out of the
+    dict, means "not given" (see :class:`~.config.PriorConfig`)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.dim = dim
+        self.tables = nn.ModuleDict({name: nn.Embedding(k + 1, dim) for name, k in FACTOR_SIZES.items()})
+
+    def forward(self, factors: dict[str, torch.Tensor], batch: int) -> torch.Tensor:
+        unknown = set(factors) - set(FACTOR_SIZES)
+        if unknown:
+            raise ValueError(f"unknown factors {sorted(unknown)}; the factors are {list(FACTOR_SIZES)}")
+        device = self.tables["digit"].weight.device
+        emb_BD = torch.zeros(batch, self.dim, device=device)
+        for name, k in FACTOR_SIZES.items():
+            ids_B = torch.as_tensor(factors.get(name, k), device=device).long().reshape(-1).expand(batch)
+            if ids_B.min() < 0 or ids_B.max() > k:
+                raise ValueError(f"factor {name!r} takes ids in [0, {k}) (or {k} for 'not given'), got {ids_B}")
+            emb_BD = emb_BD + self.tables[name](ids_B)
+        return emb_BD
+
+
+class FactorUNet(nn.Module):
+    """A diffusers ``UNet2DModel`` eps-predictor whose timestep embedding is shifted by
+    a factor embedding (``class_embed_type="identity"``): ``forward(x_t, t_B,
+    embedding_BD)``, with ``embed(factors, batch)`` giving the embedding of a (partial)
+    factor setting."""
+
+    def __init__(self, cfg: PriorConfig):
+        super().__init__()
+        n = len(cfg.channels)
+        down = ["DownBlock2D"] * n
+        up = ["UpBlock2D"] * n
+        if cfg.attention:
+            down[1], up[n - 2] = "AttnDownBlock2D", "AttnUpBlock2D"
+        self.unet = UNet2DModel(sample_size=IMAGE_SIZE, in_channels=3, out_channels=3,
+                                block_out_channels=cfg.channels, layers_per_block=cfg.layers_per_block,
+                                down_block_types=tuple(down), up_block_types=tuple(up),
+                                norm_num_groups=cfg.norm_groups, attention_head_dim=cfg.channels[1] // 2,
+                                class_embed_type="identity")
+        self.embed = FactorEmbedding(4 * cfg.channels[0])  # UNet2DModel's time embedding width
+
+    def forward(self, x_t: torch.Tensor, t_B: torch.Tensor, embedding_BD: torch.Tensor) -> torch.Tensor:
+        t_B = torch.as_tensor(t_B, device=x_t.device).reshape(-1).expand(x_t.shape[0])
+        if embedding_BD.shape != (x_t.shape[0], self.embed.dim):
+            raise ValueError(f"embedding must be ({x_t.shape[0]}, {self.embed.dim}), got {tuple(embedding_BD.shape)}")
+        return self.unet(x_t, t_B, class_labels=embedding_BD.to(x_t)).sample
+
+
+def build_unet(cfg: PriorConfig) -> FactorUNet:
+    """Randomly initialised factor-conditioned eps-predictor."""
+    return FactorUNet(cfg)
 
 
 def schedule_of(cfg: PriorConfig) -> DDPMSchedule:
     return DDPMSchedule(cfg.num_train_timesteps, cfg.beta_start, cfg.beta_end)
 
 
-def unet_eps(unet: UNet2DModel, x_t: torch.Tensor, t_B: torch.Tensor, y_B: torch.Tensor) -> torch.Tensor:
-    t_B = torch.as_tensor(t_B, device=x_t.device).reshape(-1).expand(x_t.shape[0])
-    return unet(x_t, t_B, class_labels=y_B.to(x_t.device)).sample
-
-
-def priors(unet: UNet2DModel, cfg: PriorConfig, name: str) -> tuple[Prior, ConditionalPrior]:
-    """The unconditional prior (null label) and the class-conditional prior of one
-    class-dropout-trained UNet (see :class:`PriorConfig`)."""
+def priors(unet: FactorUNet, cfg: PriorConfig, name: str) -> tuple[Prior, ConditionalPrior, FactorConditionalPrior]:
+    """The unconditional prior (no factor given), the digit-conditional prior and the
+    factor-conditional prior of one factor-dropout-trained UNet (see :class:`PriorConfig`)."""
     schedule = schedule_of(cfg)
     shape = (3, IMAGE_SIZE, IMAGE_SIZE)
 
     def eps(x_t: torch.Tensor, t_B: torch.Tensor) -> torch.Tensor:
-        null_B = torch.full((x_t.shape[0],), NULL_LABEL, dtype=torch.long, device=x_t.device)
-        return unet_eps(unet, x_t, t_B, null_B)
+        return unet(x_t, t_B, unet.embed({}, x_t.shape[0]))
 
     def cond_eps(x_t: torch.Tensor, t_B: torch.Tensor, y_B: torch.Tensor) -> torch.Tensor:
-        return unet_eps(unet, x_t, t_B, y_B)
+        return unet(x_t, t_B, unet.embed({"digit": y_B}, x_t.shape[0]))
 
     return (Prior(eps, schedule, shape, name=f"{name}-prior"),
-            ConditionalPrior(cond_eps, schedule, shape, NUM_DIGITS, name=f"{name}-cond-prior"))
+            ConditionalPrior(cond_eps, schedule, shape, NUM_DIGITS, name=f"{name}-cond-prior"),
+            FactorConditionalPrior(unet, unet.embed, schedule, shape, dict(FACTOR_SIZES), name=f"{name}-factor-prior"))

@@ -1,59 +1,27 @@
 """Quality of a mini-world (issue 4): is the backbone accurate, and do prior samples
-look like world images to it?
+look like world images to it? (:func:`klsc_lib.worlds.miniworld.build._measure_quality`
+runs these checks; the image metrics themselves are in :mod:`klsc_lib.analysis.image_metrics`.)
 
 - backbone accuracy on held-out images (unseen handwriting, :mod:`.data`);
 - recognition of unconditional prior samples: the backbone's mean max-probability
   and the class histogram against uniform (total variation, normalised entropy);
-- agreement of class-conditional samples with the requested digit;
-- KID (Binkowski et al. 2018: unbiased MMD^2 with the kernel (x.y/d + 1)^3) of prior
-  samples vs held-out world images, in the backbone's penultimate feature space. No
-  Inception network can be downloaded here; the backbone is the network trained on this
-  world, so its features are the ones that separate the world's content. For scale,
-  the same KID between two disjoint sets of real world images is reported too.
+- every factor's marginal over prior samples, read by the all-factor classifier
+  (:mod:`.factor_classifier`), against its marginal over held-out images (TV);
+- whether digit-conditional and all-factor-conditional samples show the asked factors;
+- KID of prior samples vs held-out world images, in the backbone's penultimate
+  feature space. No Inception network can be downloaded here; the backbone is the
+  network trained on this world, so its features are the ones that separate the
+  world's content. For scale, the same KID between as many real training images and
+  the held-out images is reported too.
 """
 
 from __future__ import annotations
 
-import math
-
 import torch
 
+from klsc_lib.analysis.image_metrics import histogram_stats
 from klsc_lib.interfaces import HookedBackbone
 from klsc_lib.worlds.miniworld.models import backbone_features
-
-
-def kid(feats_a_ND: torch.Tensor, feats_b_ND: torch.Tensor, num_subsets: int = 50,
-        subset_size: int | None = None, seed: int = 0) -> tuple[float, float]:
-    """Kernel Inception Distance (mean, std over random subsets) with the unbiased
-    polynomial-kernel MMD^2 estimator."""
-    if feats_a_ND.ndim != 2 or feats_a_ND.shape[1] != feats_b_ND.shape[1]:
-        raise ValueError(f"need two (N, D) feature sets, got {tuple(feats_a_ND.shape)}, {tuple(feats_b_ND.shape)}")
-    m = subset_size or min(len(feats_a_ND), len(feats_b_ND))
-    if m < 2 or m > min(len(feats_a_ND), len(feats_b_ND)):
-        raise ValueError(f"subset size {m} must be in [2, min(N_a, N_b)]")
-    a, b = feats_a_ND.double(), feats_b_ND.double()
-    d = a.shape[1]
-    gen = torch.Generator().manual_seed(seed)
-    values = []
-    for _ in range(num_subsets):
-        x = a[torch.randperm(len(a), generator=gen)[:m]]
-        y = b[torch.randperm(len(b), generator=gen)[:m]]
-        k_xx, k_yy, k_xy = ((x @ x.T / d + 1) ** 3, (y @ y.T / d + 1) ** 3, (x @ y.T / d + 1) ** 3)
-        off = m * (m - 1)
-        mmd = ((k_xx.sum() - k_xx.diagonal().sum()) / off + (k_yy.sum() - k_yy.diagonal().sum()) / off
-               - 2 * k_xy.mean())
-        values.append(mmd.item())
-    v = torch.tensor(values, dtype=torch.float64)
-    return v.mean().item(), v.std().item() if len(v) > 1 else 0.0
-
-
-def histogram_stats(pred_B: torch.Tensor, num_classes: int) -> dict[str, float | list[int]]:
-    """Class histogram, its total-variation distance to uniform and its entropy / log K."""
-    counts_K = torch.bincount(pred_B, minlength=num_classes).double()
-    p_K = counts_K / counts_K.sum()
-    entropy = -(p_K[p_K > 0] * p_K[p_K > 0].log()).sum().item()
-    return {"histogram": counts_K.long().tolist(), "tv_to_uniform": 0.5 * (p_K - 1 / num_classes).abs().sum().item(),
-            "normalised_entropy": entropy / math.log(num_classes)}
 
 
 @torch.no_grad()
@@ -71,3 +39,17 @@ def classify(backbone: HookedBackbone, x_BCHW: torch.Tensor,
 def recognition(probs_BK: torch.Tensor) -> dict:
     pred_B = probs_BK.argmax(-1)
     return {"mean_max_prob": probs_BK.max(-1).values.mean().item(), **histogram_stats(pred_B, probs_BK.shape[1])}
+
+
+# Quality targets of the default mini-world (issue 8; kind "ours" in the claims ledger).
+QUALITY_TARGETS = {"kid_prior_vs_test_max": 0.05, "prior_mean_max_prob_min": 0.95,
+                   "cond_prior_digit_accuracy_min": 0.95, "prior_factor_tv_max": 0.1}
+
+
+def targets_met(metrics: dict) -> dict[str, bool]:
+    """Which of :data:`QUALITY_TARGETS` the measured ``metrics`` meet."""
+    t = QUALITY_TARGETS
+    return {"kid_prior_vs_test": metrics["kid_prior_vs_test"] <= t["kid_prior_vs_test_max"],
+            "prior_mean_max_prob": metrics["prior_mean_max_prob"] >= t["prior_mean_max_prob_min"],
+            "cond_prior_digit_accuracy": metrics["cond_prior_digit_accuracy"] >= t["cond_prior_digit_accuracy_min"],
+            "prior_factor_tv": max(metrics["prior_factor_tv_to_test"].values()) <= t["prior_factor_tv_max"]}

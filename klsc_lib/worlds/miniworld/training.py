@@ -10,13 +10,13 @@ training restarts from step 0.
 
 from __future__ import annotations
 
-import copy
 import math
 import warnings
 from pathlib import Path
 from typing import Callable
 
 import torch
+from diffusers.training_utils import EMAModel
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -52,15 +52,18 @@ def _load_checkpoint(path: Path) -> dict | None:
 
 def train_resumable(model: nn.Module, loss_fn: LossFn, *, steps: int, lr: float, seed: int,
                     checkpoint_path: Path, checkpoint_every: int, weight_decay: float = 0.0,
-                    ema_decay: float | None = None, desc: str = "train", progress: bool = True,
+                    ema_decay: float | None = None, ema_power: float = 0.75, desc: str = "train",
+                    progress: bool = True,
                     on_step: Callable[[int], None] | None = None) -> tuple[nn.Module, list[float]]:
     """Train ``model`` in place for ``steps`` AdamW steps (resuming from
     ``checkpoint_path`` if present) and return ``(final model, loss per step)``: the
-    EMA copy when ``ema_decay`` is set, else ``model``. ``on_step(step)`` is called
+    EMA weights (diffusers' ``EMAModel`` with warm-up ``1 - (1 + step)^-ema_power``,
+    at most ``ema_decay``) copied into ``model`` when ``ema_decay`` is set. ``on_step(step)`` is called
     after each step (tests use it to simulate a crash)."""
     checkpoint_path = Path(checkpoint_path)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    ema = copy.deepcopy(model).requires_grad_(False) if ema_decay is not None else None
+    ema = (EMAModel(model.parameters(), decay=ema_decay, use_ema_warmup=True, power=ema_power)
+           if ema_decay is not None else None)
     start, losses = 0, []
     state = _load_checkpoint(checkpoint_path)
     if state is not None:
@@ -81,10 +84,7 @@ def train_resumable(model: nn.Module, loss_fn: LossFn, *, steps: int, lr: float,
         opt.step()
         losses.append(loss.item())
         if ema is not None:
-            decay = min(ema_decay, (1 + step) / (10 + step))
-            with torch.no_grad():
-                for p_ema, p in zip(ema.parameters(), model.parameters()):
-                    p_ema.lerp_(p, 1 - decay)
+            ema.step(model.parameters())
         done = step + 1
         if done % checkpoint_every == 0 and done < steps:
             with atomic_path(checkpoint_path) as tmp:
@@ -93,6 +93,6 @@ def train_resumable(model: nn.Module, loss_fn: LossFn, *, steps: int, lr: float,
                             "losses": torch.tensor(losses, dtype=torch.float64)}, tmp)
         if on_step is not None:
             on_step(done)
-    model.eval()
-    final = ema if ema is not None else model
-    return final.eval().requires_grad_(False), losses
+    if ema is not None:
+        ema.copy_to(model.parameters())
+    return model.eval().requires_grad_(False), losses

@@ -1,0 +1,81 @@
+"""The factor-conditioned prior and the all-factor classifier of the mini-world
+(klsc_lib.worlds.miniworld.models, .factor_classifier), untrained: wiring and API."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from klsc_lib.worlds.miniworld import FactorClassifierConfig, PriorConfig
+from klsc_lib.worlds.miniworld.data import FACTOR_SIZES
+from klsc_lib.worlds.miniworld.factor_classifier import (FactorClassifier, factor_accuracy, factor_probabilities,
+                                                         read_factors)
+from klsc_lib.worlds.miniworld.models import build_unet, priors
+
+CFG = PriorConfig(channels=(8, 16, 16), attention=False, norm_groups=4, num_train_timesteps=50)
+
+
+@pytest.fixture(scope="module")
+def unet():
+    torch.manual_seed(0)
+    model = build_unet(CFG).eval()
+    with torch.no_grad():  # non-zero embeddings, so that conditioning changes the output
+        for table in model.embed.tables.values():
+            table.weight.normal_()
+    return model
+
+
+def test_factor_embedding_sums_one_row_per_factor_with_the_last_row_as_not_given(unet):
+    tables = unet.embed.tables
+    null = sum(tables[name].weight[k] for name, k in FACTOR_SIZES.items())
+    assert torch.allclose(unet.embed({}, 3), null.expand(3, -1))
+    digit = torch.tensor([0, 7])
+    expected = null - tables["digit"].weight[10] + tables["digit"].weight[digit]
+    assert torch.allclose(unet.embed({"digit": digit}, 2), expected)
+    with pytest.raises(ValueError, match="unknown factors"):
+        unet.embed({"shape": torch.tensor([0])}, 1)
+    with pytest.raises(ValueError, match="colour"):
+        unet.embed({"colour": torch.tensor([5])}, 1)
+
+
+def test_the_three_priors_are_one_network_under_different_embeddings(unet):
+    prior, cond_prior, factor_prior = priors(unet, CFG, "test")
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 3, 16, 16, generator=gen)
+    t_B = torch.tensor([10, 40])
+    y_B = torch.tensor([3, 9])
+    with torch.no_grad():
+        assert torch.equal(prior.eps(x, t_B), factor_prior.given({}, 2).eps(x, t_B))
+        by_digit = cond_prior.given(y_B).eps(x, t_B)
+        assert torch.equal(by_digit, factor_prior.given({"digit": y_B}, 2).eps(x, t_B))
+        assert not torch.allclose(by_digit, prior.eps(x, t_B))
+    with pytest.raises(ValueError, match="embeddings"):
+        factor_prior.given_embedding(torch.zeros(3, unet.embed.dim)).eps(x, t_B)
+
+
+def test_a_soft_prompt_embedding_receives_gradients(unet):
+    _, _, factor_prior = priors(unet, CFG, "test")
+    prompt_BD = factor_prior.embed({"colour": torch.tensor([1])}, 1).detach().requires_grad_(True)
+    eps = factor_prior.given_embedding(prompt_BD).eps(torch.randn(1, 3, 16, 16), torch.tensor([25]))
+    eps.square().sum().backward()
+    assert prompt_BD.grad is not None and prompt_BD.grad.abs().sum() > 0
+
+
+def test_factor_classifier_reads_every_factor():
+    torch.manual_seed(0)
+    clf = FactorClassifier(FactorClassifierConfig(channels=(4, 8, 8)))
+    x = torch.rand(5, 3, 16, 16) * 2 - 1
+    probs = factor_probabilities(clf, x, batch_size=2)
+    read = read_factors(clf, x)
+    assert set(probs) == set(read) == set(FACTOR_SIZES)
+    for name, k in FACTOR_SIZES.items():
+        assert probs[name].shape == (5, k) and torch.allclose(probs[name].sum(-1), torch.ones(5))
+        assert read[name].dtype == torch.long and torch.equal(read[name], probs[name].argmax(-1))
+    with pytest.raises(ValueError, match="world images"):
+        clf(torch.zeros(2, 3, 8, 8))
+
+
+def test_factor_accuracy_known_values():
+    read = {"digit": torch.tensor([1, 2, 3, 4]), "colour": torch.tensor([0, 0, 1, 1])}
+    truth = {"digit": torch.tensor([1, 2, 0, 0]), "colour": torch.tensor([0, 0, 1, 1]), "size": torch.tensor([0])}
+    assert factor_accuracy(read, truth) == {"digit": 0.5, "colour": 1.0}
