@@ -42,6 +42,7 @@ import numpy as np
 import torch
 
 from klsc_lib.analysis.explanation_metrics import PixelKNNReader, bootstrap_ci, per_unit_metrics, unit_concepts
+from klsc_lib.analysis.image_metrics import kid
 from klsc_lib.analysis.monosemanticity import dataset_factors
 from klsc_lib.baselines.maco import MacoPrior
 from klsc_lib.diffusion.energy_dps import sample_energy_dps_ddpm
@@ -58,7 +59,8 @@ from klsc_lib.samples_store import SamplesStore
 from klsc_lib.viz.explanations import method_rows, metric_bars, strip
 from klsc_lib.viz.world import record_world
 from klsc_lib.worlds import load_world
-from klsc_lib.worlds.miniworld.quality import classify, kid
+from klsc_lib.worlds.miniworld.factor_classifier import read_factors
+from klsc_lib.worlds.miniworld.quality import classify
 
 cfg = get_profile("04_energydps", profile)
 dev = resolve_device(device)
@@ -149,8 +151,8 @@ plt.show()
 clf = getattr(world, "factor_classifier", None)
 read = (PixelKNNReader(torch.stack([world.train[i][0] for i in range(min(len(world.train), 5000))]),
         dataset_factors(world.train, world.factor_names, n=5000)) if clf is None else
-        lambda x: {f: v.argmax(-1).cpu() for f, v in clf(x.to(dev)).items()})
-second = (lambda x: x.flatten(1)) if clf is None else (lambda x: clf.features(x.to(dev)).cpu())
+        lambda x: read_factors(clf.eval(), x))
+second = (lambda x: x.flatten(1)) if clf is None else (lambda x: torch.cat([clf.features(c.to(dev)).cpu() for c in x.split(512)]))
 feat_bb = lambda x: classify(world.backbone, x.to(dev))[1].cpu()
 ref = real[half:half + cfg.n_real_kid]
 ref_bb, ref_2 = feat_bb(ref), second(ref)
