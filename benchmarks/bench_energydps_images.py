@@ -79,6 +79,7 @@ def _run() -> dict:
     return {"name": f"EnergyDPS images: batch {BATCH} mixed features vs batch-1 loop (samples/s)",
             "ratio": per_loop / per_batched,
             "detail": (f"{per_batched * 1e3:.1f} vs {per_loop * 1e3:.1f} ms/sample; fast vs paper_config "
-                       f"{paper / fast_few:.1f}x cheaper; EnergyDPS/MACO cost {per_batched / maco.seconds_per_sample:.2f}"
+                       f"{paper / fast_few:.1f}x cheaper; EnergyDPS/MACO cost "
+                       f"{per_batched / maco.seconds_per_sample:.2f}"
                        f"; MACO peak {maco.peak_bytes / BATCH / 2**20:.2f} MiB/sample"),
             "fast_vs_paper": paper / fast_few, "energydps_over_maco": per_batched / maco.seconds_per_sample}

@@ -365,6 +365,28 @@ def run_maco(maco_prior: MacoPrior, units: Units, units_U: Sequence[int] | torch
     return RunResult("MACO", units_U, pick.x, pick.psi, pick.step, target_U, meter.seconds, meter.peak_bytes)
 
 
+def world_reader(world: World, n_reference: int = 5000
+                 ) -> tuple[Callable[[torch.Tensor], dict], Callable[[torch.Tensor], torch.Tensor], str]:
+    """(factor reader, second feature space, its name) for concept accuracy and KID,
+    independent of the explained backbone: the world's all-factor classifier (its
+    heads, its penultimate layer) when it has one, else nearest real images in pixel
+    space and pixels."""
+    from klsc_lib.analysis.explanation_metrics import PixelKNNReader
+    from klsc_lib.analysis.monosemanticity import dataset_factors
+
+    clf = getattr(world, "factor_classifier", None)
+    if clf is None:
+        n = min(len(world.train), n_reference)
+        ref = torch.stack([world.train[i][0] for i in range(n)])
+        return PixelKNNReader(ref, dataset_factors(world.train, world.factor_names, n=n)), lambda x: x.flatten(1), \
+            "pixels"
+    from klsc_lib.worlds.miniworld.factor_classifier import read_factors
+
+    device = next(clf.parameters()).device
+    clf.eval().requires_grad_(False)
+    return (lambda x: read_factors(clf, x)), (lambda x: clf.features(x.to(device)).cpu()), "factor classifier"
+
+
 def world_proxy(world: World) -> tuple[Callable, Callable[[int], torch.Tensor]]:
     """(eps_given_embedding, initial embedding of a batch) of the world's conditional
     prior: a factor-conditional prior's embedding (all factors "not given") when the

@@ -41,7 +41,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from klsc_lib.analysis.explanation_metrics import PixelKNNReader, bootstrap_ci, per_unit_metrics, unit_concepts
+from klsc_lib.analysis.explanation_metrics import method_table, unit_concepts
 from klsc_lib.analysis.image_metrics import kid
 from klsc_lib.analysis.monosemanticity import dataset_factors
 from klsc_lib.baselines.maco import MacoPrior
@@ -49,7 +49,7 @@ from klsc_lib.diffusion.energy_dps import sample_energy_dps_ddpm
 from klsc_lib.diffusion.samplers import spaced_timesteps
 from klsc_lib.energies import class_logit
 from klsc_lib.explain import (Units, energy_dps_samples, explain, run_energy_dps, run_maco, run_proxy, store_config,
-                              topk_targets, world_proxy)
+                              topk_targets, world_proxy, world_reader)
 from klsc_lib.paper_values import TABLE3, TABLE10, TABLE11
 from klsc_lib.profiles import get_profile
 from klsc_lib.report import Report
@@ -59,7 +59,6 @@ from klsc_lib.samples_store import SamplesStore
 from klsc_lib.viz.explanations import method_rows, metric_bars, strip
 from klsc_lib.viz.world import record_world
 from klsc_lib.worlds import load_world
-from klsc_lib.worlds.miniworld.factor_classifier import read_factors
 from klsc_lib.worlds.miniworld.quality import classify
 
 cfg = get_profile("04_energydps", profile)
@@ -105,8 +104,10 @@ report.metric("features", {"n": len(feats), "eligible_of_drawn": f"{int((search.
 stores, samples = {}, {"TopK": (search.images_UKCHW[keep, :cfg.k_target], search.psi_UK[keep, :cfg.k_target])}
 maco_prior, (eps_emb, emb0) = MacoPrior.from_images(real[:half]), world_proxy(world)
 runs = {"MACO": (cfg.maco, lambda u, t: run_maco(maco_prior, units, u, t, n, world.image_size, cfg.maco, seed)),
-        "DiffExplainer": (cfg.proxy, lambda u, t: run_proxy(eps_emb, emb0, world.prior, units, u, t, n, cfg.proxy, seed)),
-        "EnergyDPS": (cfg.fast, lambda u, t: run_energy_dps(world.prior, units, u, t, n, cfg.fast, seed, cfg.batch_size))}
+        "DiffExplainer": (cfg.proxy, lambda u, t: run_proxy(eps_emb, emb0, world.prior, units, u, t, n, cfg.proxy,
+                                                            seed)),
+        "EnergyDPS": (cfg.fast, lambda u, t: run_energy_dps(world.prior, units, u, t, n, cfg.fast, seed,
+                                                            cfg.batch_size))}
 stores["TopK"] = SamplesStore("TopK", "Feature", store_config("TopK", None, cfg.k_target, seed, world_key))
 for j, u in enumerate(feats.tolist()):
     stores["TopK"].put(u, samples["TopK"][0][j], samples["TopK"][1][j])
@@ -125,14 +126,16 @@ samples["unguided"] = (x_u.reshape(len(feats), n, *x_u.shape[1:]), psi_u.reshape
 
 # %%
 show = np.argsort(-concepts.purity_U)[:2]
+methods = ("TopK", "MACO", "DiffExplainer", "EnergyDPS")
 panels = {f"feature {int(feats[i])}\n{concepts.factor_U[i]}={concepts.value_U[i]}": {
-    m: samples[m][0][i] for m in ("TopK", "MACO", "DiffExplainer", "EnergyDPS")} for i in show}
-captions = {p: {m: f"psi {samples[m][1][i].mean():.2f} / t {target[i]:.2f}" for m in samples} for p, i in zip(panels, show)}
+    m: samples[m][0][i] for m in methods} for i in show}
+captions = {p: {m: f"psi {samples[m][1][i].mean():.2f} / t {target[i]:.2f}" for m in samples}
+            for p, i in zip(panels, show)}
 fig = method_rows(panels, captions, "Explanations at matched activation (paper Fig 4 analogue)")
 report.savefig(fig, "fig4_methods")
 plt.show()
 rand = torch.randperm(len(feats), generator=g)[:4]
-fig = method_rows({"random features": {m: samples[m][0][rand, 0] for m in ("TopK", "MACO", "DiffExplainer", "EnergyDPS")}},
+fig = method_rows({"random features": {m: samples[m][0][rand, 0] for m in methods}},
                   title=f"One sample of each of 4 random features {feats[rand].tolist()}")
 report.savefig(fig, "fig4_random")
 plt.show()
@@ -148,26 +151,16 @@ plt.show()
 # factor classifier's features, else pixels). Intervals: bootstrap over features.
 
 # %%
-clf = getattr(world, "factor_classifier", None)
-read = (PixelKNNReader(torch.stack([world.train[i][0] for i in range(min(len(world.train), 5000))]),
-        dataset_factors(world.train, world.factor_names, n=5000)) if clf is None else
-        lambda x: read_factors(clf.eval(), x))
-second = (lambda x: x.flatten(1)) if clf is None else (lambda x: torch.cat([clf.features(c.to(dev)).cpu() for c in x.split(512)]))
-feat_bb = lambda x: classify(world.backbone, x.to(dev))[1].cpu()
-ref = real[half:half + cfg.n_real_kid]
-ref_bb, ref_2 = feat_bb(ref), second(ref)
-table, rows = {}, {}
-for m, (x, psi) in samples.items():
-    per = per_unit_metrics(x, psi, target, read, concepts, features=feat_bb)
-    pooled = x.flatten(0, 1)
-    kb, k2 = kid(feat_bb(pooled), ref_bb, seed=seed), kid(second(pooled), ref_2, seed=seed)
-    table[m] = {k: bootstrap_ci(v, seed=seed) for k, v in per.items()} | {"KID backbone": (kb[0], kb[0] - kb[1],
-                kb[0] + kb[1]), "KID 2nd": (k2[0], k2[0] - k2[1], k2[0] + k2[1])}
-    rows[m] = {k: round(v[0], 4) for k, v in table[m].items()}
-    print(f"{m:>14}: " + ", ".join(f"{k} {v[0]:.3f} [{v[1]:.3f}, {v[2]:.3f}]" for k, v in table[m].items()))
-    report.metric(f"table3/{m}", {k: list(v) for k, v in table[m].items()},
-                  paper=TABLE3["random100"].get(m), note=f"{len(feats)} features x {x.shape[1]} samples; [mean, low, high]")
-fig = metric_bars(table, ["psi_over_t", "concept_acc", "KID backbone", "KID 2nd", "hf", "diversity"],
+read, second, second_name = world_reader(world)
+spaces = {"backbone": lambda x: classify(world.backbone, x.to(dev))[1].cpu(), second_name: second}
+table = method_table(samples, target, read, concepts, spaces, real[half:half + cfg.n_real_kid], seed)
+rows = {m: {k: round(v[0], 4) for k, v in row.items()} for m, row in table.items()}
+for m, row in table.items():
+    print(f"{m:>14}: " + ", ".join(f"{k} {v[0]:.3f} [{v[1]:.3f}, {v[2]:.3f}]" for k, v in row.items()))
+    report.metric(f"table3/{m}", {k: list(v) for k, v in row.items()}, paper=TABLE3["random100"].get(m),
+                  note=f"{len(feats)} features x {samples[m][0].shape[1]} samples; mean, lo, hi")
+kid2 = f"KID {second_name}"
+fig = metric_bars(table, ["psi_over_t", "concept_acc", "KID backbone", kid2, "hf", "diversity"],
                   f"Table 3 analogue: {len(feats)} random features (95 % bootstrap CI; KID +- SD over subsets)")
 report.savefig(fig, "table3")
 plt.show()
@@ -176,7 +169,7 @@ plt.show()
 gen = ("MACO", "DiffExplainer", "EnergyDPS")
 best = lambda key, sign=1: max(gen, key=lambda m: sign * table[m][key][0])
 sep = lambda key: all(table["EnergyDPS"][key][2] < table[m][key][1] for m in gen if m != "EnergyDPS")
-for key in ("KID backbone", "KID 2nd"):
+for key in ("KID backbone", kid2):
     report.claim(f"energydps_best_{key.replace(' ', '_').lower()}", "Sec 3.2, Table 3", f"at matched activation "
                  f"EnergyDPS has the lowest {key} among the generated explanations (separated by 1 SD: {sep(key)})",
                  {m: rows[m][key] for m in gen}, None, best(key, -1) == "EnergyDPS", kind="paper")
@@ -185,7 +178,8 @@ report.claim("energydps_best_concept", "Sec 3.2-3.3", "EnergyDPS has the highest
              best("concept_acc") == "EnergyDPS", kind="paper")
 report.claim("maco_most_high_frequency", "Sec 3.2, App J.3.1", "MACO shows the most high-frequency energy",
              {m: rows[m]["hf"] for m in gen}, None, best("hf") == "MACO", kind="paper")
-short = rows["DiffExplainer"]["psi_over_t"] < 0.95 or rows["DiffExplainer"]["concept_acc"] < rows["EnergyDPS"]["concept_acc"]
+dx = rows["DiffExplainer"]
+short = dx["psi_over_t"] < 0.95 or dx["concept_acc"] < rows["EnergyDPS"]["concept_acc"]
 report.claim("proxy_short_or_drifts", "Sec 3.2, App J.3.2", "the proxy-guided baseline falls short of t or drifts off "
              "the feature's concept", rows["DiffExplainer"], None, short, kind="paper")
 reached = float((abs(table["EnergyDPS"]["psi_over_t"][0] - 1) <= 0.05))
@@ -200,11 +194,13 @@ report.claim("energydps_matched", "Sec 3.2", "calibrated EnergyDPS reaches t wit
 
 # %%
 few = feats[:cfg.n_strength_units].repeat_interleave(n)
+ref_bb = spaces["backbone"](real[half:half + cfg.n_real_kid])
+table_kid = lambda x: kid(spaces["backbone"](x), ref_bb, seed=seed)[0]
 abl = []
 for s in cfg.strengths:
-    x, psi = energy_dps_samples(world.prior, units, few, None, replace(cfg.fast, scale=s * cfg.fast.scale), seeds[:len(few)],
-                                cfg.batch_size)
-    abl.append((s, float(psi.mean()), kid(feat_bb(x), ref_bb, seed=seed)[0]))
+    x, psi = energy_dps_samples(world.prior, units, few, None, replace(cfg.fast, scale=s * cfg.fast.scale),
+                                seeds[:len(few)], cfg.batch_size)
+    abl.append((s, float(psi.mean()), table_kid(x)))
 print("\n".join(f"scale x{s}: mean psi {p:.3f}, KID {k:.4f}" for s, p, k in abl))
 report.metric("table10", abl, paper=[dict(r) for r in TABLE10], note="(strength multiple, mean psi, KID backbone)")
 fig, ax = plt.subplots(figsize=(4.5, 3.4), layout="constrained")
@@ -226,7 +222,8 @@ report.claim("strength_activation_and_kid_rise", "App L.2.3, Table 10", "activat
 # %%
 f0, i0 = int(feats[show[0]]), int(show[0])
 levels = torch.tensor(cfg.shift_levels).repeat_interleave(2) * target[i0]
-x, psi = energy_dps_samples(world.prior, units, torch.full((len(levels),), f0), levels, cfg.fast, [0, 1] * len(cfg.shift_levels))
+x, psi = energy_dps_samples(world.prior, units, torch.full((len(levels),), f0), levels, cfg.fast,
+                            [0, 1] * len(cfg.shift_levels))
 fig = strip(x, [f"cap {c:.1f}t\npsi {p:.2f}" for c, p in zip(cfg.shift_levels, psi.reshape(-1, 2).mean(1))],
             f"Semantic shift (App L.3): feature {f0} at rising caps", rows=2)
 report.savefig(fig, "l3_semantic_shift")
@@ -235,7 +232,8 @@ task = int((concepts.value_U[i0] + 1) % world.num_classes) if concepts.factor_U[
 drift = []
 for w in cfg.drift_weights:
     energy = units.energy(f0) + w * class_logit(world.backbone, task)
-    xs = sample_energy_dps_ddpm(world.prior, energy, timesteps=spaced_timesteps(world.prior.schedule, cfg.fast.num_steps),
+    steps = spaced_timesteps(world.prior.schedule, cfg.fast.num_steps)
+    xs = sample_energy_dps_ddpm(world.prior, energy, timesteps=steps,
                                 lam_B=cfg.fast.scale / (1 + w), cap_B=target[i0] * (1 + w), grad_through_denoiser=False,
                                 generators=[0, 1, 2, 3], device=dev, disable=True)
     p_task = classify(world.backbone, xs)[0][:, task].mean().item()
@@ -258,7 +256,8 @@ cost = {}
 for name, c in (("fast", cfg.fast), ("paper_config", replace(cfg.paper, cap=None))):
     t0 = time.perf_counter()
     _, psi = energy_dps_samples(world.prior, units, few_units, few_t, c, seeds[:len(few_units)], cfg.batch_size)
-    cost[name] = {"s_per_sample": (time.perf_counter() - t0) / len(few_units), "psi_over_t": float((psi / few_t).mean())}
+    cost[name] = {"s_per_sample": (time.perf_counter() - t0) / len(few_units),
+                  "psi_over_t": float((psi / few_t).mean())}
 for m in runs:
     meta = stores[m].get(int(feats[0])).meta
     cost[m] = {"s_per_sample": meta["seconds_per_sample"], "peak_MiB_per_sample": meta["peak_bytes_per_sample"] / 2**20}

@@ -55,3 +55,18 @@ def test_bootstrap_interval_matches_scipy_and_covers_the_mean():
     assert mean == pytest.approx(v.mean()) and lo < mean < hi
     assert (lo, hi) == pytest.approx((ref.confidence_interval.low, ref.confidence_interval.high))
     assert bootstrap_ci(np.full(5, 0.3)) == (0.3, 0.3, 0.3)
+
+
+def test_method_table_ranks_real_like_samples_closer_to_the_real_images_in_kid():
+    from klsc_lib.analysis.explanation_metrics import method_table
+
+    g = torch.Generator().manual_seed(0)
+    real = torch.rand(200, 3, 4, 4, generator=g) * 0.5
+    like = torch.rand(4, 10, 3, 4, 4, generator=g) * 0.5
+    far = torch.rand(4, 10, 3, 4, 4, generator=g) * 0.5 + 0.5
+    psi = torch.ones(4, 10)
+    table = method_table({"like": (like, psi), "far": (far, 2 * psi)}, torch.full((4,), 2.0), None, None,
+                         {"pixels": lambda x: x.flatten(1)}, real)
+    assert table["like"]["KID pixels"][0] < table["far"]["KID pixels"][1]
+    assert table["like"]["psi_over_t"] == (0.5, 0.5, 0.5) and table["far"]["psi_over_t"] == (1.0, 1.0, 1.0)
+    assert set(table["far"]) == {"psi", "psi_over_t", "hf", "diversity", "KID pixels"}

@@ -110,3 +110,30 @@ def bootstrap_ci(values_U: np.ndarray, confidence: float = 0.95, seed: int = 0,
     res = bootstrap((v,), np.mean, confidence_level=confidence, n_resamples=n_resamples, method="percentile",
                     random_state=np.random.default_rng(seed))
     return float(v.mean()), float(res.confidence_interval.low), float(res.confidence_interval.high)
+
+
+Interval = tuple[float, float, float]  # (mean, low, high)
+
+
+def method_table(samples: Mapping[str, tuple[torch.Tensor, torch.Tensor]], target_U: torch.Tensor,
+                 read: FactorReader | None, concepts: Concepts | None,
+                 spaces: Mapping[str, Callable[[torch.Tensor], torch.Tensor]], real_NCHW: torch.Tensor,
+                 seed: int = 0) -> dict[str, dict[str, Interval]]:
+    """Table 3 rows: per method (``samples[m] = (images_UNCHW, psi_UN)``) the bootstrap
+    interval over units of each :func:`per_unit_metrics` value (diversity in the first
+    feature space), and ``"KID <space>"``: KID of the method's pooled samples against
+    ``real_NCHW`` in each feature space, as (mean, mean - SD, mean + SD) over subsets."""
+    from klsc_lib.analysis.image_metrics import kid
+
+    first = next(iter(spaces.values()))
+    real = {name: f(real_NCHW) for name, f in spaces.items()}
+    table = {}
+    for method, (x, psi) in samples.items():
+        per = per_unit_metrics(x, psi, target_U, read, concepts, features=first)
+        row = {k: bootstrap_ci(v, seed=seed) for k, v in per.items()}
+        pooled = x.flatten(0, 1).float()
+        for name, f in spaces.items():
+            mean, sd = kid(f(pooled), real[name], seed=seed)
+            row[f"KID {name}"] = (mean, mean - sd, mean + sd)
+        table[method] = row
+    return table

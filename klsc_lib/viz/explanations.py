@@ -15,8 +15,8 @@ def to_rgb(x_CHW: torch.Tensor) -> np.ndarray:
     return ((x_CHW.float().clamp(-1, 1) + 1) / 2).permute(1, 2, 0).cpu().numpy()
 
 
-def method_rows(panels: Mapping[str, Mapping[str, torch.Tensor]], captions: Mapping[str, Mapping[str, str]] | None = None,
-                title: str = "") -> plt.Figure:
+def method_rows(panels: Mapping[str, Mapping[str, torch.Tensor]],
+                captions: Mapping[str, Mapping[str, str]] | None = None, title: str = "") -> plt.Figure:
     """Fig 4 layout: one block per panel (a feature), a row per method, its images
     (K, C, H, W) side by side; ``captions[panel][method]`` is written left of the row."""
     n_img = max(len(x) for rows in panels.values() for x in rows.values())
