@@ -141,7 +141,10 @@ report.savefig(fig, "fig4_random")
 plt.show()
 
 # %% [markdown]
-# **What we see.** See the captions: each row's mean psi against the feature's target t.
+# **What we see.** Each caption gives the row's mean psi against the feature's target t:
+# the top-k row is t by construction; a generated row far above t overshot (the cap bounds the
+# gradient, not the value), far below t fell short. On the smoke world (an untrained prior)
+# the generated rows are noise; the default world is the one to read.
 #
 # ## Table 3 analogue: activation, KID, concept accuracy, high frequencies, diversity
 # Concept accuracy: a factor reader that is not the explained backbone (the world's
@@ -187,8 +190,10 @@ report.claim("energydps_matched", "Sec 3.2", "calibrated EnergyDPS reaches t wit
              rows["EnergyDPS"]["psi_over_t"], 1.0, bool(reached), kind="ours", threshold=0.05)
 
 # %% [markdown]
-# **What we see.** Printed above and in the ledger; a claim that fails is listed as failed,
-# with the separation flag telling whether KID could rank the methods at this sample size.
+# **What we see.** The numbers are printed above and kept in `metrics.json`; each `paper`
+# claim is in the ledger whether it holds or not. KID pools only n_features x n samples per
+# method: the "separated by 1 SD" flag says whether KID can rank the methods at all at this
+# size (with a few hundred samples it usually cannot; the issue's prototype needed >= 1000).
 #
 # ## Table 10: guidance strength (uncapped), activation and KID rise together (App L.2.3)
 
@@ -215,7 +220,8 @@ report.claim("strength_activation_and_kid_rise", "App L.2.3, Table 10", "activat
              "guidance strength", abl, [(r["mean_activation"], r["kid"]) for r in TABLE10], rise, kind="paper")
 
 # %% [markdown]
-# **What we see.** Stronger tilts buy activation with distance from the real images.
+# **What we see.** Uncapped, a stronger tilt buys activation at the price of distance from
+# the real images (KID); the claim checks that both rise monotonically with the strength.
 #
 # ## L.3 semantic shift and L.5 object drift, on the first Fig 4 feature
 
@@ -245,8 +251,10 @@ plt.show()
 report.metric("l5_drift", [(w, p, q) for w, _, p, q in drift], note="(omega, mean psi, P(task class))")
 
 # %% [markdown]
-# **What we see.** Raising the cap moves the samples along the feature's concept; adding
-# the task logit pulls them toward the task class (P(task) rises) while psi is shared.
+# **What we see.** The strip shows what a higher cap asks of the same two seeds (psi per
+# column in the titles). With the task logit added, P(task class) under the backbone's head
+# is the drift measure: it rises with omega while the feature's psi is no longer the only
+# objective (App L.5).
 #
 # ## Table 11: cost per sample (this machine), and fast vs paper configuration
 
@@ -273,8 +281,10 @@ report.claim("fast_10x_cheaper", "App L.4 (ours)", "the fast configuration is >=
              cost["fast"]["psi_over_t"] - cost["paper_config"]["psi_over_t"]) <= 0.05, kind="ours", threshold=10)
 
 # %% [markdown]
-# **What we see.** The speed-up is a ratio measured in one process; the paper's H100
-# numbers are in `metrics.json` beside ours.
+# **What we see.** Both configurations run at the same cap (t) on the same units and seeds,
+# so the speed-up is a ratio measured in one process; psi / t shows whether they reach the
+# same activation. Per-method costs include calibration. The paper's H100 numbers sit beside
+# ours in `metrics.json`; absolute CPU times on a shared machine are inflated.
 #
 # ## 100 random neurons with EnergyDPS, for notebook 05 (Table 7 analogue)
 
