@@ -15,6 +15,7 @@ import time
 import torch
 from torch import nn
 
+from benchmarks.bench_energydps import _Net
 from klsc_lib.baselines.maco import MacoPrior
 from klsc_lib.diffusion.schedule import DDPMSchedule
 from klsc_lib.explain import MacoConfig, Units, energy_dps_samples, fast_config, paper_config, run_maco
@@ -22,16 +23,6 @@ from klsc_lib.interfaces import HookedBackbone, Prior
 from klsc_lib.sae.transcoder import Transcoder, TranscoderConfig
 
 BATCH = 64
-
-
-class _Net(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.stem = nn.Conv2d(3, 16, 3, padding=1)
-        self.block = nn.Conv2d(16, 16, 3, padding=1)
-
-    def forward(self, x):
-        return self.block(torch.relu(self.stem(x))).mean(dim=(2, 3))
 
 
 def _world():

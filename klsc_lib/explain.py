@@ -332,18 +332,21 @@ class _FirstReach:
         self.done |= mean >= self.t
 
 
+def _optimisation_setup(units: Units, units_U, target_U, n: int):
+    """Checked units, targets, one unit per sample, their energy and the step picker."""
+    units_U = units.check(units_U)
+    target_U = torch.as_tensor(target_U, dtype=torch.float32)
+    units_B = units_U.repeat_interleave(n)
+    return units_U, target_U, units_B, units.energy(units_B), _FirstReach(target_U, n)
+
+
 def run_maco(maco_prior: MacoPrior, units: Units, units_U: Sequence[int] | torch.Tensor, target_U: torch.Tensor,
              n_per_unit: int, image_size: int, cfg: MacoConfig = MacoConfig(), seed: int = 0,
              disable: bool | None = None) -> RunResult:
     """MACO with the clip cap at t_U; per unit, the first checked step whose mean psi
     (of the centre crop the method returns) reaches t_U."""
-    units_U = units.check(units_U)
-    target_U = torch.as_tensor(target_U, dtype=torch.float32)
-    n, u = n_per_unit, len(units_U)
-    units_B = units_U.repeat_interleave(n)
-    energy = units.energy(units_B)
-    pick = _FirstReach(target_U, n)
-    device = next(units.backbone.parameters()).device
+    units_U, target_U, units_B, energy, pick = _optimisation_setup(units, units_U, target_U, n_per_unit)
+    n, u, device = n_per_unit, len(units_U), next(units.backbone.parameters()).device
     maco_prior = MacoPrior(maco_prior.colour_CC.to(device), maco_prior.magnitude_CHF.to(device))
 
     def centre(image_BCHW: torch.Tensor) -> torch.Tensor:
@@ -408,13 +411,8 @@ def run_proxy(eps_given_embedding: Callable, emb_init: Callable[[int], torch.Ten
               cfg: ProxyConfig = ProxyConfig(), seed: int = 0, disable: bool | None = None) -> RunResult:
     """DiffExplainer-style proxy guidance with the clip cap at t_U (one prompt
     embedding per sample); per unit, the first step whose mean psi reaches t_U."""
-    units_U = units.check(units_U)
-    target_U = torch.as_tensor(target_U, dtype=torch.float32)
-    n, u = n_per_unit, len(units_U)
-    units_B = units_U.repeat_interleave(n)
-    energy = units.energy(units_B)
-    pick = _FirstReach(target_U, n)
-    device = next(units.backbone.parameters()).device
+    units_U, target_U, units_B, energy, pick = _optimisation_setup(units, units_U, target_U, n_per_unit)
+    n, u, device = n_per_unit, len(units_U), next(units.backbone.parameters()).device
     with _Meter() as meter:
         res = proxy_guidance(energy, eps_given_embedding, emb_init(len(units_B)).to(device), prior.sample_shape,
                              DDIMChain.from_schedule(prior.schedule, cfg.chain_steps), cfg.max_steps, lr=cfg.lr,
