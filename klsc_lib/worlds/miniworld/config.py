@@ -60,11 +60,11 @@ class PriorConfig:
     num_train_timesteps: int = 1000  # paper App J.4: 1000-step linear schedule
     beta_start: float = 1e-4
     beta_end: float = 0.02
-    steps: int = 1800
-    batch_size: int = 64
+    steps: int = 3000
+    batch_size: int = 128
     lr: float = 1e-3
     p_uncond: float = 0.2
-    p_drop_factor: float = 0.5
+    p_drop_factor: float = 0.3
     ema_decay: float = 0.999  # maximum decay of diffusers' EMAModel (with warm-up)
     ema_power: float = 0.75
 
