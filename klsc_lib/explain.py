@@ -390,6 +390,19 @@ def world_reader(world: World, n_reference: int = 5000
     return (lambda x: read_factors(clf, x)), (lambda x: clf.features(x.to(device)).cpu()), "factor classifier"
 
 
+def true_concepts(units: Units, units_U: Sequence[int] | torch.Tensor, world: World, k: int = 20):
+    """Each unit's true concept as notebook 04 fixes it (Sec 3.2-3.3): the best factor by
+    chance-corrected purity over the unit's top-``k`` images in the first half of
+    ``world.test`` (:func:`~klsc_lib.analysis.explanation_metrics.unit_concepts`)."""
+    from klsc_lib.analysis.explanation_metrics import unit_concepts
+    from klsc_lib.analysis.monosemanticity import dataset_factors
+
+    half = len(world.test) // 2
+    search, _ = topk_targets(units, units.check(units_U), torch.stack([world.test[i][0] for i in range(half)]), k=k)
+    sizes = {n: int(v.max()) + 1 for n, v in dataset_factors(world.train, world.factor_names).items()}
+    return unit_concepts(search.ids_UK.numpy(), dataset_factors(world.test, world.factor_names, n=half), sizes)
+
+
 def world_proxy(world: World) -> tuple[Callable, Callable[[int], torch.Tensor]]:
     """(eps_given_embedding, initial embedding of a batch) of the world's conditional
     prior: a factor-conditional prior's embedding (all factors "not given") when the

@@ -50,9 +50,11 @@ class Samples:
 class SamplesStore:
     """Samples of one ``method`` (one of ``METHODS``) on one ``unit_kind`` ("Feature" or
     "Neuron") under one sampling ``config`` (JSON-serialisable; hashed into the folder
-    name, so a changed setting never reuses stale samples)."""
+    name, so a changed setting never reuses stale samples). With ``create=False`` a store
+    that was never written raises :class:`FileNotFoundError` instead of being created."""
 
-    def __init__(self, method: str, unit_kind: str, config: Mapping[str, Any], root: str | Path | None = None):
+    def __init__(self, method: str, unit_kind: str, config: Mapping[str, Any], root: str | Path | None = None,
+                 create: bool = True):
         if method not in METHODS:
             raise ValueError(f"unknown method {method!r}; expected one of {METHODS} (klsc_lib.paper_values.METHODS)")
         if unit_kind not in UNIT_KINDS:
@@ -68,6 +70,9 @@ class SamplesStore:
             if found.get("config_hash") != self.hash:
                 raise ValueError(f"{self.folder} holds samples of another config ({found}); delete it or use "
                                  "another root")
+        elif not create:
+            raise FileNotFoundError(f"no {method} {unit_kind.lower()} samples store at {self.folder}; create it by "
+                                    "running the notebook that samples this method")
         else:
             atomic_write_text(path, json.dumps(header, indent=2, sort_keys=True, default=str) + "\n")
 

@@ -48,14 +48,23 @@ from klsc_lib.baselines.maco import MacoPrior
 from klsc_lib.diffusion.energy_dps import sample_energy_dps_ddpm
 from klsc_lib.diffusion.samplers import spaced_timesteps
 from klsc_lib.energies import class_logit
-from klsc_lib.explain import (Units, energy_dps_samples, explain, run_energy_dps, run_maco, run_proxy, store_config,
-                              topk_targets, world_proxy, world_reader)
+from klsc_lib.explain import (
+    Units,
+    energy_dps_samples,
+    explain,
+    run_energy_dps,
+    run_maco,
+    run_proxy,
+    topk_targets,
+    world_proxy,
+    world_reader,
+)
 from klsc_lib.paper_values import TABLE3, TABLE10, TABLE11
 from klsc_lib.profiles import get_profile
+from klsc_lib.profiles.nb04_energydps import samples_stores
 from klsc_lib.report import Report
 from klsc_lib.runtime import config_hash, resolve_device, seed_everything
 from klsc_lib.sae.artifacts import load_or_fit_transcoder
-from klsc_lib.samples_store import SamplesStore
 from klsc_lib.viz.explanations import method_rows, metric_bars, strip
 from klsc_lib.viz.world import record_world
 from klsc_lib.worlds import load_world
@@ -101,18 +110,15 @@ report.metric("features", {"n": len(feats), "eligible_of_drawn": f"{int((search.
 # ## The four methods at matched activation (Sec 3.2), through the samples store
 
 # %%
-stores, samples = {}, {"TopK": (search.images_UKCHW[keep, :cfg.k_target], search.psi_UK[keep, :cfg.k_target])}
+stores = {m: s for (m, kind), s in samples_stores(profile, seed).items() if kind == "Feature"}
+samples = {"TopK": (search.images_UKCHW[keep, :cfg.k_target], search.psi_UK[keep, :cfg.k_target])}
 maco_prior, (eps_emb, emb0) = MacoPrior.from_images(real[:half]), world_proxy(world)
-runs = {"MACO": (cfg.maco, lambda u, t: run_maco(maco_prior, units, u, t, n, world.image_size, cfg.maco, seed)),
-        "DiffExplainer": (cfg.proxy, lambda u, t: run_proxy(eps_emb, emb0, world.prior, units, u, t, n, cfg.proxy,
-                                                            seed)),
-        "EnergyDPS": (cfg.fast, lambda u, t: run_energy_dps(world.prior, units, u, t, n, cfg.fast, seed,
-                                                            cfg.batch_size))}
-stores["TopK"] = SamplesStore("TopK", "Feature", store_config("TopK", None, cfg.k_target, seed, world_key))
+runs = {"MACO": lambda u, t: run_maco(maco_prior, units, u, t, n, world.image_size, cfg.maco, seed),
+        "DiffExplainer": lambda u, t: run_proxy(eps_emb, emb0, world.prior, units, u, t, n, cfg.proxy, seed),
+        "EnergyDPS": lambda u, t: run_energy_dps(world.prior, units, u, t, n, cfg.fast, seed, cfg.batch_size)}
 for j, u in enumerate(feats.tolist()):
     stores["TopK"].put(u, samples["TopK"][0][j], samples["TopK"][1][j])
-for method, (mcfg, run) in runs.items():
-    stores[method] = SamplesStore(method, "Feature", store_config(method, mcfg, n, seed, world_key))
+for method, run in runs.items():
     explain(stores[method], run, feats, target)
     got = [stores[method].get(u) for u in feats.tolist()]
     samples[method] = (torch.stack([s.images_BCHW.float() for s in got]), torch.stack([s.psi_B for s in got]))
@@ -293,7 +299,7 @@ neurons = Units("Neuron", world.backbone, image_size=world.image_size)
 n_ids = torch.randperm(neurons.count, generator=g)[:cfg.n_neurons]
 _, n_t = topk_targets(neurons, n_ids, real[:half], k=cfg.k_target, k_target=cfg.k_target)
 ncfg = replace(cfg.fast, calibrate=False)
-nstore = SamplesStore("EnergyDPS", "Neuron", store_config("EnergyDPS", ncfg, cfg.n_neuron_samples, seed, world_key))
+nstore = samples_stores(profile, seed)[("EnergyDPS", "Neuron")]  # keyed by ncfg
 psi_n = explain(nstore, lambda u, t: run_energy_dps(world.prior, neurons, u, t, cfg.n_neuron_samples, ncfg, seed,
                                                     cfg.batch_size), n_ids, n_t)
 ratio = float(torch.stack([psi_n[int(u)].mean() for u in n_ids]).mean() / n_t.mean())

@@ -80,3 +80,11 @@ def test_unknown_method_kind_unit_and_missing_samples_are_clear_errors(tmp_path)
     (store.folder / "feature_000007.safetensors").write_bytes(b"\x00" * 5)
     with pytest.raises(ValueError, match="corrupt"):
         store.get(7)
+
+
+def test_open_without_create_finds_a_written_store_and_creates_nothing(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no MACO feature samples store"):
+        SamplesStore("MACO", "Feature", CONFIG, root=tmp_path, create=False)
+    assert list(tmp_path.iterdir()) == []  # nothing was written
+    SamplesStore("MACO", "Feature", CONFIG, root=tmp_path).put(3, torch.zeros(1, 3, 4, 4), torch.zeros(1))
+    assert SamplesStore("MACO", "Feature", CONFIG, root=tmp_path, create=False).units() == [3]

@@ -6,17 +6,28 @@ The transcoder is notebook 03's (same world, same recipe, so it loads from the c
 cap 15), MACO 1000 steps (the reference's default), DiffExplainer 50 DDIM steps,
 Table 10's 1k samples per strength. ``smoke`` and ``default`` run the fast
 configuration for the sweeps and ``paper_config`` on a few samples for the cost
-comparison (Table 11).
+comparison (Table 11). :func:`samples_stores` names the stores a profile's run writes,
+so notebook 05 reads exactly notebook 04's samples.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
-from klsc_lib.explain import EnergyDPSConfig, MacoConfig, ProxyConfig, fast_config, paper_config
+from klsc_lib.explain import (
+    EnergyDPSConfig,
+    MacoConfig,
+    ProxyConfig,
+    fast_config,
+    paper_config,
+    store_config,
+)
 from klsc_lib.profiles.nb03_sae_training import PROFILES as NB03
+from klsc_lib.runtime import config_hash
 from klsc_lib.sae.artifacts import TranscoderRecipe
+from klsc_lib.samples_store import SamplesStore
 
 
 @dataclass(frozen=True)
@@ -59,3 +70,28 @@ PROFILES = {
         n_features=100, n_per_unit=4, top_k=20, batch_size=8, n_paper_units=4, n_strength_units=100,
         n_real_kid=1000, threads=None),
 }
+
+
+def samples_stores(profile: str, seed: int = 0, root: str | Path | None = None,
+                   create: bool = True) -> dict[tuple[str, str], SamplesStore]:
+    """The samples stores notebook 04 writes under ``profile`` and ``seed``, keyed by
+    (method, unit kind): the four methods on features (Table 3) and EnergyDPS on neurons
+    (Table 7). With ``create=False`` a missing or empty store raises one
+    :class:`FileNotFoundError` that says which notebook run makes them."""
+    p = PROFILES[profile]
+    world_key = {"world_config": config_hash(asdict(p.world))}
+    configs = {("TopK", "Feature"): store_config("TopK", None, p.k_target, seed, world_key),
+               ("MACO", "Feature"): store_config("MACO", p.maco, p.n_per_unit, seed, world_key),
+               ("DiffExplainer", "Feature"): store_config("DiffExplainer", p.proxy, p.n_per_unit, seed, world_key),
+               ("EnergyDPS", "Feature"): store_config("EnergyDPS", p.fast, p.n_per_unit, seed, world_key),
+               ("EnergyDPS", "Neuron"): store_config("EnergyDPS", replace(p.fast, calibrate=False),
+                                                     p.n_neuron_samples, seed, world_key)}
+    try:
+        stores = {key: SamplesStore(*key, c, root=root, create=create) for key, c in configs.items()}
+        if not create and (empty := [k for k, s in stores.items() if not s.units()]):
+            raise FileNotFoundError(f"the {empty} samples stores are empty")
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"notebook 04's samples for profile {profile!r} (seed {seed}) are missing ({err}); "
+                                f"run notebook 04 with the same profile first: python -m klsc_lib.notebook_runner "
+                                f"--profile {profile} --out figures 04_energydps") from None
+    return stores

@@ -36,7 +36,8 @@ KEY_COLUMNS = ("item_id", "unit", "unit_kind", "method")
 
 @dataclass(frozen=True)
 class SampleSet:
-    """The images one method made for one unit (``images_BCHW`` in [-1, 1], B >= 4)."""
+    """The images one method made for one unit (``images_BCHW`` in [-1, 1]; the grid shows
+    the first four, App K; fewer leave blank cells, e.g. in a smoke run)."""
 
     unit: str
     method: str
@@ -78,8 +79,8 @@ def as_sample_set(item: SampleSet | tuple) -> SampleSet:
     if s.unit_kind not in UNIT_KINDS:
         raise ValueError(f"unit {s.unit}: unknown unit kind {s.unit_kind!r}; expected one of {UNIT_KINDS}")
     x = s.images_BCHW
-    if not (isinstance(x, torch.Tensor) and x.ndim == 4 and x.shape[0] >= 4 and x.shape[1] in (1, 3)):
-        raise ValueError(f"unit {s.unit}, {s.method}: images_BCHW must be a (B>=4, 1|3, H, W) tensor, "
+    if not (isinstance(x, torch.Tensor) and x.ndim == 4 and x.shape[0] >= 1 and x.shape[1] in (1, 3)):
+        raise ValueError(f"unit {s.unit}, {s.method}: images_BCHW must be a (B>=1, 1|3, H, W) tensor, "
                          f"got {getattr(x, 'shape', type(x))}")
     if not torch.isfinite(x).all():
         raise ValueError(f"unit {s.unit}, {s.method}: images contain NaN or inf")
@@ -87,7 +88,8 @@ def as_sample_set(item: SampleSet | tuple) -> SampleSet:
 
 
 def grid_image(images_BCHW: torch.Tensor, cell: int = 128, gap: int = 4) -> Image.Image:
-    """The first four images as a 2x2 grid (App K), each cell upscaled to ``cell`` pixels."""
+    """The first four images as a 2x2 grid (App K), each cell upscaled to ``cell`` pixels
+    (cells without an image stay white)."""
     x = images_BCHW[:4].detach().float().cpu().clamp(-1, 1)
     if x.shape[1] == 1:
         x = x.expand(-1, 3, -1, -1)

@@ -19,6 +19,7 @@ from scipy import stats
 
 from klsc_lib.analysis.raters.packets import SampleSet
 from klsc_lib.analysis.raters.ratings import SCORES, Rating
+from klsc_lib.samples_store import SamplesStore
 
 Item = tuple[str, str, str]  # (unit, method, unit_kind)
 Concept = tuple[str, int]  # (factor name, value id)
@@ -84,6 +85,33 @@ def planted_sample_sets(dataset, unit_concepts: Mapping[str, Concept], purity: M
             idx = [int(i) for i in gen.permutation(idx)]
             sets.append(SampleSet(unit, method, torch.stack([dataset[i][0] for i in idx]), unit_kind))
             item_factors[(unit, method, unit_kind)] = [factors[i] for i in idx]
+    return sets, item_factors
+
+
+def stored_sample_sets(stores: Iterable[SamplesStore], concepts: Mapping[tuple[str, int], Concept],
+                       read: Callable[[torch.Tensor], Mapping[str, torch.Tensor]], n_images: int = 4,
+                       ) -> tuple[list[SampleSet], dict[Item, list[dict[str, int]]]]:
+    """Sample sets from explanation stores (notebook 04's samples), with what a factor
+    reader sees in them.
+
+    ``concepts`` maps (unit kind, unit id) to the unit's true concept; every stored unit
+    that has one gives a set of its first ``n_images`` images, named ``"<kind>_<id>"``
+    (e.g. ``"feature_81"``). ``read`` (the world's all-factor classifier) maps images to
+    ``{factor: (B,) value ids}``; it runs once on all images. Returns what
+    :func:`planted_sample_sets` returns, so :func:`concept_fraction` gives each item's truth.
+    """
+    sets = [SampleSet(f"{st.unit_kind.lower()}_{u}", st.method, st.get(u).images_BCHW[:n_images].float(),
+                      st.unit_kind) for st in stores for u in st.units() if (st.unit_kind, u) in concepts]
+    if not sets:
+        raise ValueError(f"none of the stored units has a concept (concepts are given for {len(concepts)} units)")
+    values = read(torch.cat([s.images_BCHW for s in sets]))
+    values = {f: v.cpu().tolist() for f, v in values.items()}
+    item_factors, start = {}, 0
+    for s in sets:
+        b = len(s.images_BCHW)
+        item_factors[(s.unit, s.method, s.unit_kind)] = [{f: v[i] for f, v in values.items()}
+                                                         for i in range(start, start + b)]
+        start += b
     return sets, item_factors
 
 
