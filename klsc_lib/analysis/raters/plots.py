@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import Mapping
 
+import matplotlib.pyplot as plt
 import numpy as np
 
 from klsc_lib.analysis.raters.analysis import Estimate
+from klsc_lib.analysis.raters.packets import Packet
 
 
 def bar_table(ax, table: Mapping[str, Mapping[str, Estimate | float]], title: str, ylabel: str = "mean score (1-4)",
@@ -28,3 +30,14 @@ def bar_table(ax, table: Mapping[str, Mapping[str, Estimate | float]], title: st
     if ylim:
         ax.set_ylim(*ylim)
     ax.legend(fontsize=7, ncol=2)
+
+
+def packet_examples(packet: Packet, n: int = 3):
+    """The first ``n`` grids of a packet as a rater sees them, titled by item id only."""
+    fig, axes = plt.subplots(1, n, figsize=(3 * n, 3.2), squeeze=False)
+    for ax, item_id in zip(axes[0], packet.item_ids):
+        ax.imshow(plt.imread(packet.grid_path(item_id)))
+        ax.set_title(f"item {item_id}", fontsize=8)
+    for ax in axes[0]:
+        ax.axis("off")
+    return fig
