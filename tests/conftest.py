@@ -52,3 +52,13 @@ def gmm_grid_law():
 
     x_GD, log_cell = midpoint_grid_2d(6.0, 200)
     return EmpiricalScore.from_density_grid(AngularScore()(x_GD), four_mode_gmm().log_prob(x_GD), log_cell)
+
+
+@pytest.fixture(scope="session")
+def smoke_world():
+    """The smoke mini-world on the CPU: a cache hit under $KLSC_CACHE, or built once per
+    session by the first test that needs it (about two minutes on two cores)."""
+    from klsc_lib.worlds import load_world
+    from klsc_lib.worlds.miniworld import MINIWORLD
+
+    return load_world(MINIWORLD["smoke"], "cpu", progress=False)

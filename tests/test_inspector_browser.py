@@ -1,9 +1,10 @@
 """End to end: the feature inspector in a real JupyterLab, in headless Chromium driven
-by Playwright. A server on 127.0.0.1 (free port, token, temporary root) opens a small
-notebook that displays the inspector on the tiny in-test world (building the smoke
-mini-world and its transcoder takes minutes, too slow for a test); the browser runs
-it, selects a feature, moves the strength slider, waits for the new EnergyDPS images,
-saves a screenshot to ``figures/inspector/inspector.png`` and checks the page."""
+by Playwright. The smoke mini-world, notebook 03's smoke transcoder and its index are
+built (or loaded) under $KLSC_CACHE, with a few stored EnergyDPS samples of one feature;
+a server on 127.0.0.1 (free port, token, temporary root, the same $KLSC_CACHE) opens a
+small notebook that loads them from the cache and displays the inspector; the browser
+runs it, selects the feature, moves the strength slider, waits for the new EnergyDPS
+images, saves a screenshot to ``figures/inspector/inspector.png`` and checks the page."""
 
 from __future__ import annotations
 
@@ -20,14 +21,17 @@ from pathlib import Path
 
 import pytest
 
+from klsc_lib.runtime import cache_dir
+
 ROOT = Path(__file__).resolve().parents[1]
-FEATURE = 9
 N_SAMPLES = 4
+STEPS = 25  # EnergyDPS steps of the stored and the generated samples
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
 
-def _browser() -> str:
+@pytest.fixture(scope="module")
+def chromium() -> str:
     exe = shutil.which("chromium") or shutil.which("chromium-browser")
     if exe is None:
         pytest.skip("no system Chromium on PATH (Debian: apt-get install -y chromium); the browser test needs it")
@@ -37,40 +41,59 @@ def _browser() -> str:
     return exe
 
 
+@pytest.fixture(scope="module")
+def smoke_feature(smoke_world) -> tuple[int, int]:
+    """Notebook 03's smoke transcoder and index, cached, and the feature to open: the
+    purest (its concept shared by most of its top images), ties to the strongest.
+    Returns (feature, top-k images the inspector shows)."""
+    from klsc_lib.analysis.monosemanticity import dataset_factors
+    from klsc_lib.viz.inspector_data import feature_concepts, miniworld_value_names
+
+    from _smoke_transcoder import smoke_transcoder
+
+    cfg, world, _, index = smoke_transcoder(smoke_world)
+    factors = dataset_factors(world.test, tuple(world.factor_names), int(index.ids_UK.max()) + 1)
+    concepts = feature_concepts(index, factors, cfg.grid_k, miniworld_value_names(world.factor_names))
+    feature = max(concepts, key=lambda f: (concepts[f].share, float(index.scores_UK[f, 0])))
+    return feature, cfg.grid_k
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def _notebook(store_root: Path, notes: Path) -> dict:
+def _notebook(k: int, store_root: Path, notes: Path) -> dict:
     source = "\n".join([
         "import sys",
         f"sys.path.insert(0, {str(ROOT / 'tests')!r})",
-        "from _tiny_world import VALUE_NAMES, tiny_transcoder, tiny_world",
+        "from _smoke_transcoder import smoke_transcoder",
         "from klsc_lib.viz.inspector import FeatureInspector",
-        "world = tiny_world()",
-        "model, index = tiny_transcoder(world)",
-        f"FeatureInspector(world, model, index, {str(store_root)!r}, notes_path={str(notes)!r}, steps=8, "
-        f"n_samples={N_SAMPLES}, value_names=VALUE_NAMES)",
+        "_, world, fitted, index = smoke_transcoder()  # from $KLSC_CACHE",
+        f"FeatureInspector(world, fitted, index, {str(store_root)!r}, notes_path={str(notes)!r}, k={k}, "
+        f"steps={STEPS}, n_samples={N_SAMPLES})",
     ])
     cell = {"cell_type": "code", "execution_count": None, "metadata": {}, "outputs": [], "source": source}
     return {"cells": [cell], "metadata": {"kernelspec": {"name": "klsc", "display_name": "Python (klsc)",
                                                           "language": "python"}}, "nbformat": 4, "nbformat_minor": 5}
 
 
-def _stored_samples(store_root: Path) -> None:
-    """Real EnergyDPS samples of FEATURE in a samples store, as notebook 04 leaves them."""
-    from _tiny_world import tiny_transcoder, tiny_world
+def _stored_samples(smoke_world, feature: int, store_root: Path) -> None:
+    """Real EnergyDPS samples of ``feature`` in a samples store, as notebook 04 leaves them
+    (the inspector's default strength for STEPS steps, the cap at the top image's score)."""
+    from klsc_lib.paper_values import ENERGYDPS
     from klsc_lib.samples_store import SamplesStore
     from klsc_lib.viz.inspector_data import sample_feature
 
-    world = tiny_world()
-    model, index = tiny_transcoder(world)
-    batch = sample_feature(world.prior, world.backbone, model, FEATURE, n=N_SAMPLES, strength=20.0,
-                           cap=float(index.scores_UK[FEATURE, 0]), steps=8, seeds=range(100, 100 + N_SAMPLES))
-    SamplesStore("EnergyDPS", "Feature", {"steps": 8, "strength": 20.0}, store_root).put(FEATURE, batch.images_BCHW,
-                                                                                       batch.psi_B)
+    from _smoke_transcoder import smoke_transcoder
+
+    _, world, fitted, index = smoke_transcoder(smoke_world)
+    strength = ENERGYDPS["guidance_scale"] * world.prior.schedule.num_train_timesteps / STEPS
+    batch = sample_feature(world.prior, fitted.backbone, fitted.model, feature, n=N_SAMPLES, strength=strength,
+                           cap=float(index.scores_UK[feature, 0]), steps=STEPS, seeds=range(100, 100 + N_SAMPLES))
+    SamplesStore("EnergyDPS", "Feature", {"steps": STEPS, "strength": strength}, store_root).put(
+        feature, batch.images_BCHW, batch.psi_B)
 
 
 def _wait_for_server(url: str, proc: subprocess.Popen, timeout: float = 40.0) -> None:
@@ -87,21 +110,22 @@ def _wait_for_server(url: str, proc: subprocess.Popen, timeout: float = 40.0) ->
     raise TimeoutError(f"jupyter lab did not answer {url} within {timeout} s")
 
 
-def test_inspector_in_jupyterlab(tmp_path):
-    chromium = _browser()
+def test_inspector_in_jupyterlab(chromium, smoke_world, smoke_feature, tmp_path):
     from playwright.sync_api import expect, sync_playwright
 
     work, settings = tmp_path / "root", tmp_path / "settings"
     work.mkdir()
-    _stored_samples(tmp_path / "samples")
-    (work / "inspector.ipynb").write_text(json.dumps(_notebook(tmp_path / "samples", tmp_path / "notes.json")))
+    feature, k = smoke_feature
+    _stored_samples(smoke_world, feature, tmp_path / "samples")
+    (work / "inspector.ipynb").write_text(json.dumps(_notebook(k, tmp_path / "samples",
+                                                               tmp_path / "notes.json")))
     # no news / update toasts over the screenshot
     notif = settings / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings"
     notif.parent.mkdir(parents=True)
     notif.write_text(json.dumps({"fetchNews": "false", "checkForUpdates": False}))
     port, token = _free_port(), secrets.token_hex(16)
-    env = dict(os.environ, PYTHONPATH=str(ROOT), JUPYTER_RUNTIME_DIR=str(tmp_path / "runtime"),
-               JUPYTERLAB_WORKSPACES_DIR=str(tmp_path / "workspaces"), JUPYTERLAB_SETTINGS_DIR=str(settings))
+    env = dict(os.environ, PYTHONPATH=str(ROOT), KLSC_CACHE=str(cache_dir()),  # the kernel loads from the cache
+               JUPYTER_RUNTIME_DIR=str(tmp_path / "runtime"), JUPYTERLAB_WORKSPACES_DIR=str(tmp_path / "workspaces"), JUPYTERLAB_SETTINGS_DIR=str(settings))
     server = subprocess.Popen(
         [str(Path(sys.executable).parent / "jupyter-lab"), "--no-browser", f"--port={port}", "--ServerApp.ip=127.0.0.1",
          f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={work}", "--ServerApp.port_retries=0", "--allow-root"],
@@ -118,13 +142,13 @@ def test_inspector_in_jupyterlab(tmp_path):
                                                                                                         timeout=30_000)
                 page.keyboard.press("Shift+Enter")
                 inspector = page.locator(".klsc-inspector")
-                expect(inspector).to_be_visible(timeout=60_000)
+                expect(inspector).to_be_visible(timeout=120_000)  # loads world and transcoder
 
                 # select a feature by typing its id
                 box = page.locator(".klsc-feature-input input")
-                box.fill(str(FEATURE))
+                box.fill(str(feature))
                 box.press("Enter")
-                expect(page.locator(".klsc-feature-id")).to_have_text(str(FEATURE), timeout=20_000)
+                expect(page.locator(".klsc-feature-id")).to_have_text(str(feature), timeout=20_000)
                 expect(page.locator(".klsc-stored-EnergyDPS img")).to_have_count(N_SAMPLES, timeout=20_000)
 
                 # move the strength slider: new EnergyDPS samples appear (sampled in the kernel's background thread)
@@ -139,8 +163,8 @@ def test_inspector_in_jupyterlab(tmp_path):
                 out.parent.mkdir(parents=True, exist_ok=True)
                 inspector.screenshot(path=str(out))
 
-                assert page.locator(".klsc-topk img").count() == 8
-                assert page.locator(".klsc-feature-id").inner_text() == str(FEATURE)
+                assert page.locator(".klsc-topk img").count() == k
+                assert page.locator(".klsc-feature-id").inner_text() == str(feature)
                 assert page.locator(".klsc-message").inner_text().strip() == ""
                 errors = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr'], "
                                       ".jp-OutputArea-output.jp-mod-error")

@@ -71,8 +71,8 @@ class FeatureInspector:
 
     ``notes_path`` defaults to ``notes.json`` in the transcoder's cache folder (for a bare
     transcoder: ``$KLSC_CACHE/notes/features.json``). Generated samples use respaced DDPM
-    with ``steps`` steps; the strength slider starts at the paper's scale x 1000 / steps
-    (App J.4). ``n_factor_images`` test items are read for the concepts."""
+    with ``steps`` steps; the strength slider starts at the paper's scale x T / steps, T
+    the prior's training timesteps (App J.4: scale x steps as the paper's 1.0 x 1000). ``n_factor_images`` test items are read for the concepts."""
 
     def __init__(self, world: World, transcoder: FittedTranscoder | Transcoder, index: TopKIndex,
                  stores: str | Path | Iterable[SamplesStore] | None = None, *, k: int = 8, n_samples: int = 4,
@@ -145,7 +145,7 @@ class FeatureInspector:
         self.more_button = W.Button(description="generate more", icon="plus", button_style="primary")
         self.progress = W.IntProgress(value=0, min=0, max=self.steps, description="sampling",
                                       layout=W.Layout(width="260px"))
-        default = ENERGYDPS["guidance_scale"] * 1000 / self.steps
+        default = ENERGYDPS["guidance_scale"] * self.world.prior.schedule.num_train_timesteps / self.steps
         slider = dict(continuous_update=False, style={"description_width": "70px"}, layout=W.Layout(width="330px"))
         self.strength = W.FloatLogSlider(value=default, base=10, min=np.log10(default) - 1.5,
                                          max=np.log10(default) + 1, step=0.05, description="strength λ",
