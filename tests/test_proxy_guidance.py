@@ -15,9 +15,7 @@ from klsc_lib.baselines.proxy_guidance import (DDIMChain, class_embedding_table,
                                                unet2d_eps_given_embedding)
 from klsc_lib.diffusion.samplers import sample_ddim
 from klsc_lib.diffusion.schedule import DDPMSchedule
-from klsc_lib.worlds.miniworld.config import PriorConfig
 from klsc_lib.worlds.miniworld.data import IMAGE_SIZE
-from klsc_lib.worlds.miniworld.models import build_unet
 from klsc_lib.worlds.zoo.errors import WeightsFileError
 
 SCHEDULE = DDPMSchedule(100, 1e-3, 0.05)
@@ -31,9 +29,14 @@ def _one_thread(one_thread):
 
 @pytest.fixture(scope="module")
 def unet() -> UNet2DModel:
-    """The mini-world's conditional UNet (with attention), at a tiny width."""
+    """A tiny class-conditional diffusers UNet (10 classes + a null label, with attention):
+    the layout ``unet2d_eps_given_embedding`` adapts (any UNet2DModel built with
+    ``num_class_embeds``)."""
     torch.manual_seed(0)
-    return build_unet(PriorConfig(channels=(8, 16, 16), norm_groups=4)).eval().requires_grad_(False)
+    return UNet2DModel(sample_size=IMAGE_SIZE, in_channels=3, out_channels=3, layers_per_block=1,
+                       block_out_channels=(8, 16, 16), norm_num_groups=4, num_class_embeds=11,
+                       down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D"),
+                       up_block_types=("UpBlock2D", "AttnUpBlock2D", "UpBlock2D")).eval().requires_grad_(False)
 
 
 def red_mean(x_BCHW: torch.Tensor) -> torch.Tensor:
