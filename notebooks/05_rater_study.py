@@ -225,7 +225,9 @@ report.metric("weighted_variance", {m: vars(v) for m, v in variance.items()},
 # %% [markdown]
 # **What we see.** (Simulated raters on notebook 04's samples.) Each rater's means
 # shift with its leniency, but the ordering of the methods comes from the classifier's
-# reading of the samples, so it is the finding. The variance is in MiniLM space unless
+# reading of the samples, so it is the finding. On `default` EnergyDPS is **not** rated best by
+# every rater (two of six prefer it; three prefer MACO): notebook 04's EnergyDPS samples are
+# mostly noise to the classifier, so the paper's Table 4 ordering is not reproduced here. The variance is in MiniLM space unless
 # CLIP files are present, so its scale is not the paper's.
 
 # %%
@@ -272,7 +274,9 @@ if len(kinds7) == 2:
 # %% [markdown]
 # **What we see.** (Simulated rater on notebook 04's samples.) Whether features beat
 # neurons depends on how often the EnergyDPS samples of each show their unit's concept
-# to the factor classifier; with few units (smoke) the intervals are wide and overlap.
+# to the factor classifier; with few units (smoke) the intervals are wide and overlap. On
+# `default` neurons succeed more often than features (66 % vs 30 %): the opposite of the paper's
+# Table 7, again because the guided samples rarely show a concept.
 #
 # ## Running a real study
 # 1. Packets: `write_packet(sets, "packet/", "key.csv", seed=...)` with the sample sets
