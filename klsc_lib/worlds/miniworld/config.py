@@ -19,7 +19,7 @@ FORMAT_VERSION = 3
 
 @dataclass(frozen=True)
 class BackboneConfig:
-    """A narrow, shallow timm ConvNeXt (the block type of DINOv3 ConvNeXt, RM §13 J.1).
+    """A narrow, shallow timm ConvNeXt (the block type of DINOv3 ConvNeXt, App J.1).
 
     The 16x16 world image is upsampled (bilinear, inside ``preprocess``) to
     ``input_size``. With a stride-1 stem (``patch_size=1``) timm's ConvNeXt runs stage

@@ -25,7 +25,7 @@ def build_convnext(cfg: BackboneConfig) -> ConvNeXt:
 
 def hooked_backbone(model: ConvNeXt, cfg: BackboneConfig, name: str) -> HookedBackbone:
     """``model`` hooked at ``cfg.hook_block``, fed exactly as the paper feeds DINOv3
-    (RM §13 J.1: [-1, 1] -> [0, 1] -> clamp -> resize, here a differentiable bilinear
+    (App J.1: [-1, 1] -> [0, 1] -> clamp -> resize, here a differentiable bilinear
     upsampling to ``cfg.input_size`` -> ImageNet mean / std)."""
     return HookedBackbone(model, cfg.hook_block, ImageNetPreprocess(cfg.input_size), name=name)
 
