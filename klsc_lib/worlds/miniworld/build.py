@@ -119,7 +119,9 @@ def _trained(kind: str, model: nn.Module, folder: Path, train: Callable[[nn.Modu
     stats[f"num_params_{kind}"] = sum(p.numel() for p in final.parameters())
     _save_model(final, path)
     (folder / f"ckpt_{kind}.pt").unlink(missing_ok=True)
-    return final
+    # the same state as a cache hit: eval mode, frozen (a freshly built world must compute
+    # exactly what a loaded one computes)
+    return final.eval().requires_grad_(False)
 
 
 def _read_marginals(read: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
