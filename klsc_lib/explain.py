@@ -36,7 +36,7 @@ import torch
 from tqdm.auto import tqdm
 
 from klsc_lib.baselines.dataset_search import DatasetSearchResult, dataset_search
-from klsc_lib.baselines.maco import MacoPrior, buffer_to_image, crop_resize, maco
+from klsc_lib.baselines.maco import MacoPrior, crop_resize, maco
 from klsc_lib.baselines.proxy_guidance import (DDIMChain, class_embedding_table, proxy_guidance,
                                                unet2d_eps_given_embedding)
 from klsc_lib.constraints.calibration import bisect
@@ -461,3 +461,66 @@ def explain(store: SamplesStore, run: Callable[[torch.Tensor, torch.Tensor], Run
                       meta={"seconds_per_sample": per, "peak_bytes_per_sample": res.peak_bytes / res.psi_UN.numel(),
                             "batched_units": len(missing)})
     return {unit: store.get(unit).psi_B for unit in units_U.tolist()}
+
+
+# ---------------------------------------------------------------- notebook 04's studies
+def strength_ablation(prior: Prior, units: Units, units_B: torch.Tensor, cfg: EnergyDPSConfig,
+                      multiples: Sequence[float], seeds: Sequence[int], kid_of: Callable[[torch.Tensor], float],
+                      batch_size: int = 64) -> list[tuple[float, float, float]]:
+    """Strength ablation (App L.2.3, Table 10): uncapped EnergyDPS at each multiple of
+    ``cfg.scale`` (0 = the unguided prior), from the same seeds; rows
+    ``(multiple, mean psi, kid_of(samples))``."""
+    rows = []
+    for m in tqdm(multiples, desc="strength ablation", disable=None):
+        x, psi = energy_dps_samples(prior, units, units_B, None, replace(cfg, scale=m * cfg.scale), seeds, batch_size)
+        rows.append((float(m), float(psi.mean()), float(kid_of(x))))
+    return rows
+
+
+@dataclass
+class DriftRow:
+    """One task weight of the object-drift study (App L.5)."""
+
+    omega: float
+    images_BCHW: torch.Tensor
+    mean_psi: float
+    p_task: float
+
+
+def object_drift(prior: Prior, units: Units, unit: int, cap: float, task: Energy,
+                 p_task: Callable[[torch.Tensor], torch.Tensor], omegas: Sequence[float], cfg: EnergyDPSConfig,
+                 seeds: Sequence[int] = (0, 1, 2, 3)) -> list[DriftRow]:
+    """Object drift (Sec 2.2.3, App L.5): EnergyDPS on psi + omega g (g a task term,
+    e.g. a class logit), one row per omega from the same seeds. The combined score's
+    cap grows with it (c (1 + omega)) and the strength shrinks (scale / (1 + omega)), so
+    omega moves the balance, not the overall pull; each row reports psi alone and
+    ``p_task`` (e.g. the probability of the task class)."""
+    psi = units.energy(units.check([unit]).expand(len(seeds)))
+    device = next(units.backbone.parameters()).device
+    timesteps = spaced_timesteps(prior.schedule, cfg.num_steps)
+    rows = []
+    for w in omegas:
+        x = sample_energy_dps_ddpm(prior, psi + w * task, timesteps=timesteps, lam_B=cfg.scale / (1 + w),
+                                   cap_B=cap * (1 + w), cap_mode=cfg.cap_mode,
+                                   grad_through_denoiser=cfg.grad_through_denoiser, generators=list(seeds),
+                                   device=device, disable=True)
+        with torch.no_grad():
+            rows.append(DriftRow(float(w), x.cpu(), float(psi(x).mean()), float(p_task(x).mean())))
+    return rows
+
+
+def matched_cost(prior: Prior, units: Units, units_U: torch.Tensor, target_U: torch.Tensor, n_per_unit: int,
+                 fast: EnergyDPSConfig, paper: EnergyDPSConfig, seed: int = 0, batch_size: int = 64
+                 ) -> dict[str, RunResult]:
+    """Cost of the fast configuration against ``paper`` at matched activation (App L.4):
+    ``paper`` runs once with the cap at t_U; the fast configuration is then calibrated
+    (:func:`run_energy_dps`) to the mean psi the paper configuration reached per unit,
+    so the two are compared at the same activation. Both results carry their wall time
+    (the fast one including its calibration passes)."""
+    ref = run_energy_dps(prior, units, units_U, target_U, n_per_unit, replace(paper, cap=None, calibrate=False),
+                         seed, batch_size)
+    reached_U = ref.psi_UN.mean(dim=1)
+    got = run_energy_dps(prior, units, units_U, reached_U, n_per_unit, replace(fast, cap=None, calibrate=True),
+                         seed, batch_size)
+    got.target_U = ref.target_U = target_U.float()
+    return {"paper_config": ref, "fast": got}

@@ -167,22 +167,27 @@ class FactorConditionalPrior:
     factor_sizes: dict[str, int]
     name: str = "factor_prior"
     clip_x0: tuple[float, float] | None = (-1.0, 1.0)
+    guided_eps: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+    """``eps`` with classifier-free guidance, used by :meth:`given` (default: ``eps``)."""
 
-    def given_embedding(self, embedding_BD: torch.Tensor) -> Prior:
-        """The prior conditioned on a fixed embedding (batch size = its first dimension)."""
+    def given_embedding(self, embedding_BD: torch.Tensor, guided: bool = False) -> Prior:
+        """The prior conditioned on a fixed embedding (batch size = its first dimension);
+        ``guided`` samples with :attr:`guided_eps`."""
         if embedding_BD.ndim != 2:
             raise ValueError(f"embedding must be (B, D), got {tuple(embedding_BD.shape)}")
+        model = self.guided_eps if guided and self.guided_eps is not None else self.eps
 
         def eps(x_t: torch.Tensor, t_B: torch.Tensor) -> torch.Tensor:
             if x_t.shape[0] != embedding_BD.shape[0]:
                 raise ValueError(f"batch of {x_t.shape[0]} images but {embedding_BD.shape[0]} embeddings")
-            return self.eps(x_t, t_B, embedding_BD)
+            return model(x_t, t_B, embedding_BD)
 
         return Prior(eps, self.schedule, self.sample_shape, f"{self.name}|emb", self.clip_x0)
 
     def given(self, factors: dict[str, torch.Tensor], batch: int) -> Prior:
-        """The prior conditioned on ``factors`` (name -> (B,) ids or one id); others not given."""
-        return self.given_embedding(self.embed(factors, batch))
+        """The prior conditioned on ``factors`` (name -> (B,) ids or one id; others not
+        given), sampled with classifier-free guidance when the prior has it."""
+        return self.given_embedding(self.embed(factors, batch), guided=True)
 
 
 @dataclass

@@ -56,6 +56,7 @@ from klsc_lib.sae.topk_index import rescan_top_ids
 from klsc_lib.sae.training import classification_accuracy
 from klsc_lib.viz.gallery import FeatureGallery
 from klsc_lib.viz.inspector import FeatureInspector
+from klsc_lib.viz.sae_training import depth_bars, monosemanticity_figure, training_curves
 from klsc_lib.viz.world import record_world
 from klsc_lib.worlds import load_world
 
@@ -83,20 +84,10 @@ for name, ours, paper in rows:
     report.metric(f"setting/{name}", ours, paper=paper)
 
 # %%
-fig, axes = plt.subplots(1, 3, figsize=(14, 4), layout="constrained")
-for aux, fit in fits.items():
-    label = f"AuxK k_aux={aux}" if aux else "no aux loss (paper)"
-    for ax, values in zip(axes, (fit.history.fvu, fit.history.l0, fit.history.dead_frac)):
-        ax.plot(fit.history.step, values, label=label)
-for ax, ref, ylabel, title in zip(axes, (1 - cfg.ev_target, r.k, cfg.dead_target), ("FVU (train batch)",
-                                  "non-zeros per position", f"silent for {r.dead_window} steps"),
-                                  ("Unexplained variance (target dashed)", "L0 (k dashed)", "Dead fraction (target dashed)")):
-    ax.axhline(ref, ls="--", c="k")
-    ax.set(xlabel="step", ylabel=ylabel, title=title)
-    ax.legend(fontsize=8)
-axes[0].set_yscale("log")
-fig.suptitle(f"Transcoder training at {world.backbone.block_name}: {r.expansion * d_in} features, k={r.k}, "
-             f"{r.kernel_size}x{r.kernel_size} encoder")
+histories = {f"AuxK k_aux={aux}" if aux else "no aux loss (paper)": fit.history for aux, fit in fits.items()}
+fig = training_curves(histories, (1 - cfg.ev_target, r.k, cfg.dead_target), r.dead_window,
+                      f"Transcoder training at {world.backbone.block_name}: {r.expansion * d_in} features, k={r.k}, "
+                      f"{r.kernel_size}x{r.kernel_size} encoder")
 report.savefig(fig, "training_curves")
 plt.show()
 
@@ -201,22 +192,8 @@ for name, m in mono.items():
                   else "Feature"]["success_rate"], note=f"binomial s.e. {m.success_se:.3f}")
 
 # %%
-fig, axes = plt.subplots(1, 2, figsize=(13, 4), layout="constrained")
-for name, m in mono.items():
-    axes[0].hist(m.score_U, np.linspace(-0.2, 1, 25), alpha=0.5, weights=np.full(len(m.score_U), 1 / len(m.score_U)),
-                 label=f"{name} (n={len(m.score_U)})")
-axes[0].axvline(0.5, c="k", ls="--", label="success threshold")
-axes[0].set(xlabel="best-factor purity of top images (chance-corrected)", ylabel="fraction of units",
-            title=f"Monosemanticity, top-{cfg.top_n} images")
-axes[0].legend(fontsize=8)
-x, width = np.arange(len(world.factor_names)), 0.8 / len(mono)
-for j, (name, m) in enumerate(mono.items()):
-    frac = np.bincount(m.best_factor_U[m.score_U > 0.5], minlength=len(x)) / len(m.score_U)
-    axes[1].bar(x + (j - (len(mono) - 1) / 2) * width, frac, width, label=name)
-axes[1].set(xticks=x, xticklabels=world.factor_names, ylabel="fraction of units monosemantic for it",
-            title="Which factor they encode")
-axes[1].legend(fontsize=8)
-fig.suptitle("Features vs neurons (paper App L.1, Table 7: rater success 74 % vs 28 %)")
+fig = monosemanticity_figure(mono, world.factor_names, cfg.top_n,
+                             title="Features vs neurons (paper App L.1, Table 7: rater success 74 % vs 28 %)")
 report.savefig(fig, "features_vs_neurons")
 plt.show()
 mf, mn = mono["features"], mono["neurons"]
@@ -275,13 +252,7 @@ runs = dict(sorted(runs.items(), key=lambda kv: depth(kv[0])))
 for block, (steps, res) in runs.items():
     print(f"{block:>20}: {steps:5d} steps, EV {res.explained_variance:.3f}, L0 {res.l0:.2f}, dead {res.dead_frac:.3f}")
     report.metric(f"depth/{block}", {"steps": steps, **asdict(res)})
-fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), layout="constrained")
-names = [f"{b.replace('stages.', 's').replace('.blocks.', '.b')}\n{s} steps" for b, (s, _) in runs.items()]
-for ax, key, ylabel in zip(axes, ("explained_variance", "dead_frac"), ("held-out explained variance", "dead fraction")):
-    ax.bar(names, [getattr(res, key) for _, res in runs.values()], color="tab:blue")
-    ax.set(ylabel=ylabel, title=f"{ylabel} by hook depth (shallow to deep)")
-axes[0].axhline(cfg.ev_target, ls="--", c="k")
-fig.suptitle("Transcoders at three depths (precondition of paper Table 8, App L.2.1)")
+fig = depth_bars(runs, cfg.ev_target, "Transcoders at three depths (precondition of paper Table 8, App L.2.1)")
 report.savefig(fig, "layer_ablation")
 plt.show()
 report.claim("depths_train", "App L.2.1", f"the recipe trains at every hook depth (explained variance >= "

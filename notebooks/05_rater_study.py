@@ -39,20 +39,18 @@ out_dir = "../runs/05_rater_study"  # interactive runs write here; make figures 
 ratings = None  # a ratings CSV or a folder of them: analyse those instead of simulated raters
 
 # %%
-import random
 import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
-from scipy import stats
 
-from klsc_lib.analysis.raters import (bootstrap_mean, description_variance, expected_score, feature_means,
+from klsc_lib.analysis.raters import (bootstrap_mean, description_variance, feature_means,
                                       krippendorff_alpha, load_ratings, mean_scores, paired_wilcoxon,
                                       simulate_ratings, success_rate, text_encoder, write_packet, write_ratings)
-from klsc_lib.analysis.raters.plots import bar_table, packet_examples
-from klsc_lib.analysis.raters.simulate import (concept_fraction, describe_from_factors, planted_sample_sets,
+from klsc_lib.analysis.raters.plots import bar_table, packet_examples, paper_tables_figure
+from klsc_lib.analysis.raters.simulate import (concept_fraction, describe_from_factors, planted_study,
                                                stored_sample_sets)
 from klsc_lib.explain import Units, true_concepts, world_reader
 from klsc_lib.paper_values import TABLE4, TABLE6, TABLE7, TABLE7_SUCCESS_THRESHOLD
@@ -83,16 +81,7 @@ for m in TABLE4:
     print(f"{m:14s} Table 4 Human {TABLE4[m]['Human']:.2f}   mean of Table 6 humans {human_mean[m]:.4f}")
 report.metric("table4_human_vs_mean_of_table6_humans", human_mean, paper={m: TABLE4[m]["Human"] for m in TABLE4},
               note="the paper's Human column is not the plain mean of its four human raters")
-table7_ci = {k: stats.binomtest(round(100 * v["success_rate"]), 100).proportion_ci(method="wilson")
-             for k, v in TABLE7.items()}
-fig, axes = plt.subplots(1, 3, figsize=(15, 3.6), gridspec_kw={"width_ratios": [3, 2, 1.3]})
-bar_table(axes[0], TABLE6, "paper Table 6: per rater")
-bar_table(axes[1], {m: {"Human": v["Human"], "mean of H1-4": human_mean[m], "GPT": v["GPT"], "Gemini": v["Gemini"]}
-                    for m, v in TABLE4.items()}, "paper Table 4 (+ mean of Table 6 humans)")
-axes[2].bar(list(TABLE7), [v["success_rate"] for v in TABLE7.values()],
-            yerr=np.array([[v["success_rate"] - table7_ci[k].low, table7_ci[k].high - v["success_rate"]]
-                           for k, v in TABLE7.items()]).T, capsize=3, color=["tab:gray", "tab:green"])
-axes[2].set(title="paper Table 7: success (score > 2.5)", ylim=(0, 1))
+fig = paper_tables_figure(TABLE4, TABLE6, TABLE7, human_mean)
 report.savefig(fig, "paper_tables")
 
 # %% [markdown]
@@ -113,16 +102,8 @@ report.savefig(fig, "paper_tables")
 # %%
 test_images = MiniWorldDataset(cfg.world.n_test, "test", cfg.world.seed)
 names = miniworld_value_names(FACTOR_NAMES)
-rng = random.Random(seed)
-planted_concepts = {f"feature_{i}": (f := rng.choice(sorted(FACTOR_SIZES)), rng.randrange(FACTOR_SIZES[f]))
-                    for i in range(cfg.n_features)}
-_, pf = planted_sample_sets(test_images, planted_concepts, cfg.purity, seed=seed)
-p_truth = {item: concept_fraction(planted_concepts[item[0]], f) for item, f in pf.items()}
-p_study = simulate_ratings(list(pf), p_truth.__getitem__, cfg.raters,
-                           describe_from_factors(planted_concepts, pf, names), seed=seed)
-p_methods = list(cfg.purity)
-planted = {m: float(np.mean([expected_score(p_truth[i], r.bias, r.noise) for i in p_truth if i[1] == m
-                             for r in cfg.raters])) for m in p_methods}
+planted_run = planted_study(test_images, FACTOR_SIZES, cfg.n_features, cfg.purity, cfg.raters, names, seed)
+p_study, planted, p_methods = planted_run.ratings, planted_run.planted_mean, list(cfg.purity)
 recovered = {m: e["simulated"] for m, e in mean_scores(p_study, by="rater_kind", n_resamples=cfg.n_bootstrap,
                                                         seed=seed).items()}
 fm_e, fm_m = feature_means(p_study, "EnergyDPS"), feature_means(p_study, "MACO")

@@ -13,7 +13,8 @@ from klsc_lib.diffusion.samplers import initial_noise, sample_ddpm, spaced_times
 from klsc_lib.diffusion.schedule import DDPMSchedule
 from klsc_lib.explain import (EnergyDPSConfig, MacoConfig, ProxyConfig, RunResult, Units, _FirstReach,
                               energy_dps_samples, explain, fast_config, paper_config, run_energy_dps, run_maco,
-                              run_proxy, store_config, topk_targets)
+                              matched_cost, object_drift, run_proxy, store_config, strength_ablation,
+                              topk_targets)
 from klsc_lib.interfaces import HookedBackbone, Prior
 from klsc_lib.paper_values import ENERGYDPS
 from klsc_lib.sae.transcoder import Transcoder, TranscoderConfig
@@ -204,3 +205,35 @@ def test_paper_profile_settings_run_the_same_code_at_reduced_size(world):
     res = run_energy_dps(prior, units, [3, 8], torch.tensor([1.0, 1.0]), 1, cfg.paper, disable=True)
     assert res.images_UNCHW.shape == (2, 1, *SHAPE) and torch.isfinite(res.images_UNCHW).all()
     assert res.knob_U.tolist() == [cfg.paper.cap] * 2
+
+
+def test_strength_ablation_starts_at_the_unguided_prior_and_rises(world):
+    prior, _, units = world
+    units_B, seeds = torch.arange(6).repeat_interleave(2), list(range(12))
+    rows = strength_ablation(prior, units, units_B, FAST, (0.0, 1.0, 4.0), seeds, lambda x: float(x.std()))
+    _, psi0 = energy_dps_samples(prior, units, units_B, None, EnergyDPSConfig(num_steps=10, scale=0.0), seeds)
+    assert [r[0] for r in rows] == [0.0, 1.0, 4.0]
+    assert rows[0][1] == pytest.approx(float(psi0.mean()), abs=1e-6)
+    assert rows[0][1] < rows[1][1] < rows[2][1]
+
+
+def test_object_drift_without_the_task_term_is_energy_dps_on_psi_alone(world):
+    prior, _, units = world
+    task = units.energy(torch.full((4,), 9))  # a second unit as the "task"
+    rows = object_drift(prior, units, 3, 1e9, task, lambda x: task(x), (0.0, 2.0), FAST)
+    x0, psi0 = energy_dps_samples(prior, units, torch.full((4,), 3), 1e9, FAST, [0, 1, 2, 3])
+    assert torch.equal(rows[0].images_BCHW, x0) and rows[0].mean_psi == pytest.approx(float(psi0.mean()), abs=1e-6)
+    assert rows[1].p_task > rows[0].p_task  # the task term pulls its own score up
+
+
+def test_matched_cost_calibrates_the_fast_configuration_to_what_paper_config_reached(world):
+    prior, _, units = world
+    units_U = torch.tensor([2, 6])
+    _, free = energy_dps_samples(prior, units, units_U.repeat_interleave(3), None, FAST, list(range(6)))
+    slow = EnergyDPSConfig(num_steps=20, scale=1.0, grad_through_denoiser=True)
+    res = matched_cost(prior, units, units_U, free.reshape(2, 3).mean(1), 3,
+                       replace_cfg(FAST, calib_iters=6, cap_bracket=(0.0, 3.0)), slow)
+    reached = res["paper_config"].psi_UN.mean(1)
+    assert torch.equal(res["fast"].target_U, res["paper_config"].target_U)
+    spread = free.std()
+    assert ((res["fast"].psi_UN.mean(1) - reached).abs() < 0.25 * spread).all()

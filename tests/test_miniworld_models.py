@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -45,12 +47,28 @@ def test_the_three_priors_are_one_network_under_different_embeddings(unet):
     t_B = torch.tensor([10, 40])
     y_B = torch.tensor([3, 9])
     with torch.no_grad():
-        assert torch.equal(prior.eps(x, t_B), factor_prior.given({}, 2).eps(x, t_B))
+        # with no factor given, guidance changes nothing: eps_u + w (eps_u - eps_u)
+        torch.testing.assert_close(prior.eps(x, t_B), factor_prior.given({}, 2).eps(x, t_B), rtol=0, atol=1e-6)
         by_digit = cond_prior.given(y_B).eps(x, t_B)
-        assert torch.equal(by_digit, factor_prior.given({"digit": y_B}, 2).eps(x, t_B))
+        torch.testing.assert_close(by_digit, factor_prior.given({"digit": y_B}, 2).eps(x, t_B), rtol=0, atol=1e-6)
         assert not torch.allclose(by_digit, prior.eps(x, t_B))
     with pytest.raises(ValueError, match="embeddings"):
         factor_prior.given_embedding(torch.zeros(3, unet.embed.dim)).eps(x, t_B)
+
+
+@pytest.mark.parametrize("scale", [1.0, 3.0])
+def test_conditional_priors_use_classifier_free_guidance_at_the_configured_scale(unet, scale):
+    """eps_u + w (eps_c - eps_u), each term from its own unguided call (Ho & Salimans 2022)."""
+    cfg = dataclasses.replace(CFG, cond_guidance_scale=scale)
+    _, cond_prior, factor_prior = priors(unet, cfg, "test")
+    x = torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+    t_B, y_B = torch.tensor([5, 20, 45]), torch.tensor([0, 4, 7])
+    with torch.no_grad():
+        eps_u = factor_prior.given_embedding(unet.embed({}, 3)).eps(x, t_B)
+        eps_c = factor_prior.given_embedding(unet.embed({"digit": y_B}, 3)).eps(x, t_B)
+        expected = eps_u + scale * (eps_c - eps_u)
+        torch.testing.assert_close(cond_prior.given(y_B).eps(x, t_B), expected, rtol=0, atol=1e-5)
+        torch.testing.assert_close(factor_prior.given({"digit": y_B}, 3).eps(x, t_B), expected, rtol=0, atol=1e-5)
 
 
 def test_a_soft_prompt_embedding_receives_gradients(unet):

@@ -12,7 +12,8 @@ from scipy import stats
 from klsc_lib.analysis.raters import (Rating, SimulatedRater, description_variance, expected_score,
                                       krippendorff_alpha, mean_scores, paired_wilcoxon, simulate_ratings,
                                       success_rate, text_encoder, weighted_variance)
-from klsc_lib.analysis.raters.simulate import concept_fraction, describe_from_factors, planted_sample_sets
+from klsc_lib.analysis.raters.simulate import (concept_fraction, describe_from_factors, planted_sample_sets,
+                                               planted_study)
 
 
 @pytest.fixture(scope="session")
@@ -126,3 +127,23 @@ def test_planted_sample_sets_have_the_drawn_purity():
             assert torch.all((s.images_BCHW[:, 0, 0, 0] == 1 / 3) == (s.method == "EnergyDPS"))
     describe = describe_from_factors(concepts, factors, {"colour": ["r", "g", "b"], "size": ["small", "large"]})
     assert describe(("u0", "EnergyDPS", "Feature"), 1.0, random.Random(0)) == "colour: g"
+
+
+def test_planted_study_means_follow_purity_and_are_recovered_by_the_ratings():
+    """Purity 1 plants truth 1 exactly (every image shows the concept), so its planted
+    mean is the raters' expected score at truth 1; the simulated ratings' mean of every
+    method lands near its planted mean (Monte Carlo, 40 units x 2 raters)."""
+    import torch
+
+    gen = random.Random(1)
+    data = [(torch.zeros(3, 2, 2), {"colour": gen.randrange(3), "size": gen.randrange(2)}) for _ in range(300)]
+    raters = [SimulatedRater("A", 0.0, 0.3), SimulatedRater("B", -0.3, 0.5)]
+    run = planted_study(data, {"colour": 3, "size": 2}, 40, {"MACO": 0.25, "EnergyDPS": 1.0}, raters,
+                        {"colour": ["r", "g", "b"], "size": ["s", "l"]}, seed=0)
+    assert run.planted_mean["EnergyDPS"] == pytest.approx(np.mean([expected_score(1.0, r.bias, r.noise)
+                                                                   for r in raters]))
+    assert run.planted_mean["MACO"] < run.planted_mean["EnergyDPS"]
+    assert len(run.ratings) == 40 * 2 * len(raters)
+    for m, planted in run.planted_mean.items():
+        scores = [r.score for r in run.ratings if r.method == m]
+        assert np.mean(scores) == pytest.approx(planted, abs=4 * np.std(scores) / len(scores) ** 0.5 + 0.02)

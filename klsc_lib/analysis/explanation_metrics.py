@@ -14,7 +14,7 @@ KID lives in the world's quality module; it is computed on pooled samples per me
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -32,6 +32,11 @@ class Concepts:
     factor_U: tuple[str, ...]
     value_U: np.ndarray
     purity_U: np.ndarray  # chance-corrected: 0 = chance, 1 = every top image shares the value
+
+    def subset(self, idx: Sequence[int]) -> "Concepts":
+        """The concepts of the units at positions ``idx``."""
+        idx = list(idx)
+        return Concepts(tuple(self.factor_U[i] for i in idx), self.value_U[idx], self.purity_U[idx])
 
 
 def unit_concepts(top_ids_UK: np.ndarray, factors: Mapping[str, np.ndarray],

@@ -74,3 +74,23 @@ def metric_bars(table: Mapping[str, Mapping[str, tuple[float, float, float]]], m
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     return fig
+
+
+def strength_curve(rows: Sequence[tuple[float, float, float]], paper: Sequence[tuple[float, float]] = (),
+                   title: str = "Strength ablation (Table 10 analogue)") -> plt.Figure:
+    """KID against mean psi along the guidance strength (rows ``(multiple, psi, KID)``),
+    each point labelled by its multiple; the paper's (activation, KID) pairs in a
+    second panel when given (their scales differ from ours)."""
+    fig, axes = plt.subplots(1, 2 if paper else 1, figsize=(8.5 if paper else 4.5, 3.4), squeeze=False,
+                             layout="constrained")
+    ax = axes[0, 0]
+    ax.plot([r[1] for r in rows], [r[2] for r in rows], "o-")
+    for s, p, k in rows:
+        ax.annotate(f"x{s:g}", (p, k), fontsize=8, xytext=(3, 3), textcoords="offset points")
+    ax.set(xlabel="mean psi", ylabel="KID (backbone features)", title="ours")
+    if paper:
+        ax = axes[0, 1]
+        ax.plot([p[0] for p in paper], [p[1] for p in paper], "s-", color="C1")
+        ax.set(xlabel="mean activation", ylabel="KID", title="paper (Table 10)")
+    fig.suptitle(title, fontsize=9)
+    return fig

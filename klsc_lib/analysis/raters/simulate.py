@@ -133,3 +133,33 @@ def describe_from_factors(unit_concepts: Mapping[str, Concept], item_factors: Ma
         return concept_phrase((factor, image[factor]), value_names)
 
     return describe
+
+
+@dataclass
+class PlantedStudy:
+    """Simulated ratings of planted sample sets (:func:`planted_study`) and what they
+    should recover: each method's planted expected score."""
+
+    ratings: list[Rating]
+    planted_mean: dict[str, float]  # method -> expected score over raters and items
+
+
+def planted_study(dataset, factor_sizes: Mapping[str, int], n_units: int, purity: Mapping[str, float],
+                  raters: Sequence[SimulatedRater], value_names: Mapping[str, Sequence[str]],
+                  seed: int = 0) -> PlantedStudy:
+    """A validation study with a known answer (Sec 3.3): ``n_units`` units with a random
+    (factor, value) concept each, sample sets drawn from ``dataset`` at each method's
+    planted ``purity``, rated by simulated ``raters``; the planted mean of a method is
+    the expected score of its items' true concept fractions."""
+    rng = random.Random(seed)
+    concepts = {}
+    for i in range(n_units):
+        factor = rng.choice(sorted(factor_sizes))
+        concepts[f"feature_{i}"] = (factor, rng.randrange(factor_sizes[factor]))
+    _, item_factors = planted_sample_sets(dataset, concepts, purity, seed=seed)
+    truth = {item: concept_fraction(concepts[item[0]], f) for item, f in item_factors.items()}
+    ratings = simulate_ratings(list(item_factors), truth.__getitem__, raters,
+                               describe_from_factors(concepts, item_factors, value_names), seed=seed)
+    planted = {m: float(np.mean([expected_score(truth[i], r.bias, r.noise) for i in truth if i[1] == m
+                                 for r in raters])) for m in purity}
+    return PlantedStudy(ratings, planted)

@@ -133,7 +133,8 @@ def _measure_quality(cfg: MiniWorldConfig, world: World, train: MiniWorldDataset
     """Quality metrics (module :mod:`.quality`) and the prior samples they were measured on:
     ``num_quality_samples`` unconditional samples, ``num_cond_quality_samples`` digit-conditional
     ones (digits cycling) and as many all-factor-conditional ones (factors of test images),
-    drawn in one batch by respaced DDPM ancestral sampling."""
+    drawn in one batch by respaced DDPM ancestral sampling (the conditional ones with
+    classifier-free guidance at ``cfg.prior.cond_guidance_scale``)."""
     t0 = time.perf_counter()
     gen = torch.Generator().manual_seed(cfg.seed + 12345)
     n_u, n_c = cfg.num_quality_samples, cfg.num_cond_quality_samples
@@ -144,7 +145,12 @@ def _measure_quality(cfg: MiniWorldConfig, world: World, train: MiniWorldDataset
         emb_BD = torch.cat([fp.embed({}, n_u), fp.embed({"digit": labels_B}, n_c), fp.embed(asked, n_c)])
     x_T = torch.randn(n_u + 2 * n_c, 3, IMAGE_SIZE, IMAGE_SIZE, generator=gen).to(device)
     schedule = world.prior.schedule
-    x0 = sample_ddpm(lambda x, t_B: fp.eps(x, t_B, emb_BD), x_T, schedule,
+    def model(x: torch.Tensor, t_B: torch.Tensor) -> torch.Tensor:  # conditional rows with guidance
+        t_B = t_B.reshape(-1).expand(x.shape[0])
+        return torch.cat([fp.eps(x[:n_u], t_B[:n_u], emb_BD[:n_u]),
+                          fp.guided_eps(x[n_u:], t_B[n_u:], emb_BD[n_u:])])
+
+    x0 = sample_ddpm(model, x_T, schedule,
                      generator=gen, timesteps=spaced_timesteps(schedule, cfg.quality_sampling_steps),
                      clip_x0=world.prior.clip_x0, disable=not progress).clamp(-1, 1).cpu()
     samples, cond_samples, factor_samples = x0[:n_u], x0[n_u:n_u + n_c], x0[n_u + n_c:]
@@ -185,6 +191,7 @@ def _measure_quality(cfg: MiniWorldConfig, world: World, train: MiniWorldDataset
         "quality_sampler": f"DDPM ancestral, {cfg.quality_sampling_steps} of "
                            f"{schedule.num_train_timesteps} steps (respaced)",
         "quality_sampling_steps": cfg.quality_sampling_steps,
+        "cond_guidance_scale": cfg.prior.cond_guidance_scale,
         "quality_seconds": round(time.perf_counter() - t0, 1),
     }
     metrics["quality_targets"] = q.QUALITY_TARGETS

@@ -60,13 +60,17 @@ class PriorConfig:
     num_train_timesteps: int = 1000  # paper App J.4: 1000-step linear schedule
     beta_start: float = 1e-4
     beta_end: float = 0.02
-    steps: int = 3000
+    steps: int = 7000
     batch_size: int = 128
     lr: float = 1e-3
-    p_uncond: float = 0.2
+    # EnergyDPS guides the unconditional prior, so it gets the largest share of training
+    p_uncond: float = 0.4
     p_drop_factor: float = 0.3
-    ema_decay: float = 0.999  # maximum decay of diffusers' EMAModel (with warm-up)
+    ema_decay: float = 0.9995  # maximum decay of diffusers' EMAModel (with warm-up)
     ema_power: float = 0.75
+    # classifier-free guidance scale of the digit- and factor-conditional priors (Ho &
+    # Salimans 2022): eps_u + w (eps_c - eps_u); sampling only, training ignores it
+    cond_guidance_scale: float = 3.0
 
 
 @dataclass(frozen=True)
@@ -92,7 +96,7 @@ class MiniWorldConfig:
     num_quality_samples: int = 1000  # unconditional prior samples for KID / recognition / factor marginals
     num_cond_quality_samples: int = 100  # digit-conditional and all-factor-conditional samples (each)
     quality_sampling_steps: int = 100  # respaced DDPM ancestral steps for the quality samples
-    checkpoint_every: int = 200
+    checkpoint_every: int = 250
 
     def __post_init__(self) -> None:
         if self.n_train < self.backbone.batch_size or self.n_train < self.prior.batch_size:

@@ -96,9 +96,25 @@ def schedule_of(cfg: PriorConfig) -> DDPMSchedule:
     return DDPMSchedule(cfg.num_train_timesteps, cfg.beta_start, cfg.beta_end)
 
 
+def guided_eps(unet: FactorUNet, x_t: torch.Tensor, t_B: torch.Tensor, embedding_BD: torch.Tensor,
+               scale: float) -> torch.Tensor:
+    """Classifier-free guidance (Ho & Salimans 2022): ``eps_u + scale (eps_c - eps_u)``,
+    eps_u with no factor given; ``scale = 1`` is the plain conditional prediction."""
+    if scale == 1.0:
+        return unet(x_t, t_B, embedding_BD)
+    b = x_t.shape[0]
+    t_B = torch.as_tensor(t_B, device=x_t.device).reshape(-1).expand(b)
+    both = unet(torch.cat([x_t, x_t]), torch.cat([t_B, t_B]),
+                torch.cat([unet.embed({}, b).to(embedding_BD), embedding_BD]))
+    eps_u, eps_c = both.chunk(2)
+    return eps_u + scale * (eps_c - eps_u)
+
+
 def priors(unet: FactorUNet, cfg: PriorConfig, name: str) -> tuple[Prior, ConditionalPrior, FactorConditionalPrior]:
     """The unconditional prior (no factor given), the digit-conditional prior and the
-    factor-conditional prior of one factor-dropout-trained UNet (see :class:`PriorConfig`)."""
+    factor-conditional prior of one factor-dropout-trained UNet (see :class:`PriorConfig`);
+    the two conditional priors sample with classifier-free guidance at
+    ``cfg.cond_guidance_scale`` (a soft prompt, ``given_embedding``, is not guided)."""
     schedule = schedule_of(cfg)
     shape = (3, IMAGE_SIZE, IMAGE_SIZE)
 
@@ -106,8 +122,10 @@ def priors(unet: FactorUNet, cfg: PriorConfig, name: str) -> tuple[Prior, Condit
         return unet(x_t, t_B, unet.embed({}, x_t.shape[0]))
 
     def cond_eps(x_t: torch.Tensor, t_B: torch.Tensor, y_B: torch.Tensor) -> torch.Tensor:
-        return unet(x_t, t_B, unet.embed({"digit": y_B}, x_t.shape[0]))
+        return guided_eps(unet, x_t, t_B, unet.embed({"digit": y_B}, x_t.shape[0]), cfg.cond_guidance_scale)
 
     return (Prior(eps, schedule, shape, name=f"{name}-prior"),
             ConditionalPrior(cond_eps, schedule, shape, NUM_DIGITS, name=f"{name}-cond-prior"),
-            FactorConditionalPrior(unet, unet.embed, schedule, shape, dict(FACTOR_SIZES), name=f"{name}-factor-prior"))
+            FactorConditionalPrior(unet, unet.embed, schedule, shape, dict(FACTOR_SIZES), name=f"{name}-factor-prior",
+                                   guided_eps=lambda x_t, t_B, emb_BD: guided_eps(unet, x_t, t_B, emb_BD,
+                                                                                 cfg.cond_guidance_scale)))
