@@ -51,9 +51,9 @@ from tqdm.auto import tqdm
 
 from klsc_lib.constraints import gaussian_example as gx
 from klsc_lib.constraints.calibration import calibrate_lambda, calibrate_tau, matched_comparison, summarize_seeds
-from klsc_lib.constraints.divergences import kl_weights, pinsker_bound
-from klsc_lib.constraints.hard_vs_tilt import (finite_step_speeds, kl_between_tilts, mean_instability_hard,
-                                               mean_instability_soft, tilted_var, truncate, v_hard, v_soft)
+from klsc_lib.constraints.divergences import pinsker_bound
+from klsc_lib.constraints.hard_vs_tilt import (finite_step_speeds, knob_perturbations, mean_instability_hard,
+                                               mean_instability_soft, v_hard, v_soft)
 from klsc_lib.constraints.score_variable import EmpiricalScore, angular_score_law, midpoint_grid_2d
 from klsc_lib.paper_values import TABLE2
 from klsc_lib.profiles import get_profile
@@ -153,12 +153,8 @@ plt.show()
 
 # %%
 normal_law = gx.normal_quadrature_law(cfg.gauss_lo, cfg.gauss_hi, cfg.gauss_n, dev)
-keys = ["t", "m", "v_hard", "KL_hard", "KL_soft", "B_hard", "B_soft"]
-closed = [gx.anchor_row(tau, cfg.gauss_delta) for tau in cfg.gauss_taus]
-scipy_rows = [gx.scipy_anchor_row(tau, cfg.gauss_delta) for tau in cfg.gauss_taus]
-numeric = [gx.numeric_anchor_row(normal_law, tau, cfg.gauss_delta, cfg.lam_max) for tau in cfg.gauss_taus]
-rel = lambda rows: max(abs(r[k] - c[k]) / abs(c[k]) for c, r in zip(closed, rows) for k in keys)  # noqa: E731
-dev_scipy, dev_numeric = rel(scipy_rows), rel(numeric)
+closed, scipy_rows, numeric = gx.anchor_tables(cfg.gauss_taus, cfg.gauss_delta, normal_law, cfg.lam_max)
+dev_scipy, dev_numeric = gx.max_rel_deviation(closed, scipy_rows), gx.max_rel_deviation(closed, numeric)
 report.metric("gaussian", {"closed": closed, "scipy": scipy_rows, "numeric": numeric})
 report.claim("gaussian_anchors_scipy", "App D.4.4 eqs. 109-124, Lemma D.7", "closed forms = scipy truncnorm/quadrature "
              "(max rel. deviation over t, m, v_hard, KL, B)", dev_scipy, None, dev_scipy <= 1e-11, kind="identity",
@@ -166,12 +162,7 @@ report.claim("gaussian_anchors_scipy", "App D.4.4 eqs. 109-124, Lemma D.7", "clo
 report.claim("gaussian_closed_vs_numeric", "App D.4.4, Lemmas D.11-D.12", f"closed forms = generic code on a "
              f"{cfg.gauss_n}-cell quadrature law (max rel. deviation)", dev_numeric, None, dev_numeric <= 1e-5,
              kind="identity", threshold=1e-5)
-report.savefig(vz.table_figure(["τ"] + [f"{k}\nclosed | numeric" for k in keys],
-                               [[f"{c['tau']:g}"] + [f"{c[k]:.6f} | {n[k]:.6f}" for k in keys]
-                                for c, n in zip(closed, numeric)],
-                               f"Gaussian example (App D.4.4): closed forms vs generic numerics; "
-                               f"vs scipy {dev_scipy:.0e}, vs numerics {dev_numeric:.0e}", col_width=2.0),
-               "gaussian_table")
+report.savefig(vz.gaussian_table_figure(closed, numeric, dev_scipy, dev_numeric), "gaussian_table")
 plt.show()
 
 # %% [markdown]
@@ -236,12 +227,8 @@ report.metric("app_d4_sweep", sweep)
 
 # %%
 ref = by_seed[0][list(cfg.targets).index(6.0)] if 6.0 in cfg.targets else by_seed[0][0]
-tau0, lam0, var0 = ref["tau"], ref["lam"], float(tilted_var(mc_law, ref["lam"]))
-kl_rows = [{"eps": e, "shell_mass": float(mc_law.survival(tau0) - mc_law.survival(tau0 + e)),
-            "KL_hard": float(kl_weights(truncate(mc_law, tau0).log_weights, truncate(mc_law, tau0 + e).log_weights)),
-            "KL_soft_ratio": float(kl_between_tilts(mc_law, lam0, lam0 + e)) / (0.5 * e**2 * var0)}
-           for e in cfg.perturbations]
-report.metric("lemma_D8_D9", kl_rows, note=f"t={ref['t']:g}: tau={tau0:.4f}, lambda={lam0:.4f}")
+kl_rows = knob_perturbations(mc_law, ref["tau"], ref["lam"], list(cfg.perturbations))
+report.metric("lemma_D8_D9", kl_rows, note=f"t={ref['t']:g}: tau={ref['tau']:.4f}, lambda={ref['lam']:.4f}")
 ratio = kl_rows[-1]["KL_soft_ratio"]
 report.claim("lemma_D8_D9_kl_regularity", "Lemmas D.8-D.9 eqs. 70-73", "KL(p_tau||p_tau+eps) = inf whenever the shell "
              "holds mass; KL(q_lam||q_lam+eps) / (eps^2 Var / 2) -> 1", {"hard": [r["KL_hard"] for r in kl_rows],

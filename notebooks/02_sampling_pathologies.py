@@ -46,14 +46,8 @@ from tqdm.auto import tqdm
 from klsc_lib.analysis import kde
 from klsc_lib.baselines import gmm_study as gs
 from klsc_lib.baselines.gmm import PromptFamily
-from klsc_lib.constraints.calibration import calibrate_lambda
-from klsc_lib.constraints.hard_vs_tilt import kl_tilt
-from klsc_lib.constraints.score_variable import EmpiricalScore
-from klsc_lib.diffusion.exact_guidance import ExactTiltGuidance
-from klsc_lib.diffusion.gmm_oracle import GMMOracle, gmm_oracle_prior
-from klsc_lib.diffusion.samplers import spaced_timesteps
-from klsc_lib.diffusion.schedule import DDPMSchedule
-from klsc_lib.energies import angular_energy, reference_energy
+from klsc_lib.diffusion.gmm_oracle import gmm_oracle_prior
+from klsc_lib.energies import angular_energy
 from klsc_lib.profiles import get_profile
 from klsc_lib.report import Report
 from klsc_lib.runtime import seed_everything
@@ -75,17 +69,12 @@ cfg
 # $\mathrm{KL}(q_\lambda\Vert p)=\lambda t-A(\lambda)$ (eq. 62), samples by importance resampling.
 
 # %%
-gmm, psi, schedule = four_mode_gmm(), angular_energy(), DDPMSchedule()
-oracle, prior = GMMOracle(gmm, schedule), gmm_oracle_prior(gmm, schedule)
+gmm, psi = four_mode_gmm(), angular_energy()
+prior = gmm_oracle_prior(gmm)  # the oracle score of the noised GMM under the default DDPM schedule (App I.3)
 grid, targets = kde.Grid2D(-5.0, 5.0, cfg.grid_n), list(cfg.targets)
-ref_pool = gmm.sample(cfg.reference_pool, generator=gen)
-ref_law = EmpiricalScore(psi(ref_pool))
-lam_exact = {t: calibrate_lambda(ref_law, t) for t in targets}
-kl_exact = {t: float(kl_tilt(ref_law, lam_exact[t])) for t in targets}
-exact = gs.exact_tilt_sampler(ref_law, ref_pool, lam_exact, cfg.n_samples)
-samplers = gs.ToySamplers(gmm, prior, psi, cfg.n_samples, cfg.num_steps, cfg.pool_size, cfg.or_box, cfg.or_steps,
-                          cfg.or_lr, cfg.or_beta_bracket, {"tilted_score": cfg.lam_bracket,
-                                                           "constant": cfg.lam_bracket_constant}, seed)
+ref_pool, ref_law, lam_exact, kl_exact, exact = gs.exact_reference(gmm, psi, cfg.reference_pool, targets,
+                                                                   cfg.n_samples, gen)
+samplers = gs.ToySamplers.from_profile(cfg, gmm, prior, psi, seed)
 report.metric("prior_mean_psi", float(ref_law.mean()), note="E_p psi; every t above it makes the constraint active")
 report.metric("exact_tilt", {t: {"lambda": lam_exact[t], "kl": kl_exact[t]} for t in targets})
 {t: (round(lam_exact[t], 4), round(kl_exact[t], 4)) for t in targets}
@@ -109,8 +98,7 @@ report.metric("exact_tilt", {t: {"lambda": lam_exact[t], "kl": kl_exact[t]} for 
 
 # %%
 calibrated = gs.matched_run(samplers, targets, cfg.tol, cfg.calib_max_iter)
-report.metric("calibration", {f"{m}@t={t:g}": {"knob": r.knob, "mean_psi": r.mean_psi, "reached": r.reached,
-                                               "message": r.message} for (m, t), r in calibrated.items()})
+report.metric("calibration", gs.calibration_summary(calibrated))
 kl_seeds = gs.replicate_kl(samplers, calibrated, [seed + i for i in range(cfg.seeds)], exact, cfg.kde_bandwidth,
                            grid, progress=lambda it: tqdm(it, desc="seeds"))
 kl_summary = {m: {t: gs.mean_sd(v["kde_kl"]) for t, v in by_t.items() if v["kde_kl"]} for m, by_t in kl_seeds.items()}
@@ -120,11 +108,8 @@ report.metric("kde_kl_mean_sd", kl_summary)
 {m: {t: f"{mu:.3f} ± {sd:.3f}" for t, (mu, sd) in v.items()} for m, v in kl_summary.items()}
 
 # %%
-rows = {m: {t: calibrated[m, t] for t in targets} for m in gs.METHODS}
-rows["exact tilt $q^\\star_t$ (ours)"] = {t: exact(t, seed) for t in targets}
-fig = vs.fig3(grid, gmm.log_prob(grid.points_GD), psi(grid.points_GD), gmm.sample(cfg.n_samples, generator=gen),
-              rows, psi, kl_seeds, kl_exact)
-report.savefig(fig, "fig3_sampling_pathologies")
+report.savefig(vs.fig3(grid, gmm, psi, gmm.sample(cfg.n_samples, generator=gen), calibrated,
+                       {t: exact(t, seed) for t in targets}, kl_seeds, kl_exact), "fig3_sampling_pathologies")
 plt.show()
 
 # %%
@@ -165,17 +150,12 @@ report.claim("energydps_not_below_exact_tilt", "App I.4 (eq. 212 on exact sample
 # path, coupled the same way, is the reference; bands are the SD over replicates.
 
 # %%
-lam_dps = [calibrated["EnergyDPS", t].knob for t in (targets[0], targets[-1])]
-paths = {"EnergyDPS": gs.energy_dps_path(samplers, torch.linspace(*lam_dps, cfg.path_levels).tolist(),
-                                         cfg.path_replicates, cfg.path_n),
-         "exact tilt": gs.exact_path(ref_law, ref_pool, torch.linspace(lam_exact[targets[0]], lam_exact[targets[-1]],
-                                                                       cfg.path_levels).tolist(),
-                                     cfg.path_replicates, cfg.path_n, seed)}
+paths = gs.smoothness_paths(samplers, calibrated, ref_law, ref_pool, lam_exact, (targets[0], targets[-1]),
+                            cfg.path_levels, cfg.path_replicates, cfg.path_n, seed)
 max_speed = {m: {k: float(p[f"{k}_speed"].mean(0).max()) for k in ("fine", "coarse")} for m, p in paths.items()}
 report.metric("path_speed_sw2_per_t", {m: {k: p[k] for k in ("levels", "fine_speed", "coarse_speed")}
                                        for m, p in paths.items()}, note="SW2(neighbours)/dt, replicates x pairs")
-fig = vs.path_speed_figure({m: {k: v.numpy() for k, v in p.items()} for m, p in paths.items()})
-report.savefig(fig, "smoothness_in_t")
+report.savefig(vs.path_speed_figure(paths), "smoothness_in_t")
 plt.show()
 report.claim("fig3_samples_smooth_in_t", "Sec 2.3, Fig 3",
              "EnergyDPS samples vary continuously in t: the largest SW2/dt between neighbours on the fine grid is "
@@ -201,26 +181,16 @@ report.claim("fig3_samples_smooth_in_t", "Sec 2.3, Fig 3",
 
 # %%
 t_conv = cfg.convergence_target
-reference = exact(t_conv, seed)
-mc = [abs(kde.energy_distance(reference, exact(t_conv, seed + 50 + i))) for i in range(3)]
-exact_guided = ExactTiltGuidance(oracle, psi, lam_exact[t_conv], order=cfg.exact_guidance_order)
-conv = gs.guidance_convergence(samplers, exact_guided, reference, list(cfg.convergence_steps),
-                               progress=lambda it: tqdm(it, desc="steps"))
-matched = calibrated["EnergyDPS", t_conv]
-ed_matched = kde.energy_distance(matched.samples, reference) if matched.reached else float("nan")
-profile_g = gs.guidance_profile(exact_guided, prior, psi, reference[:400],
-                                spaced_timesteps(schedule, 25).tolist(), torch.Generator().manual_seed(seed))
-report.metric("exact_vs_plugin_by_steps", conv, note=f"lambda = lambda*({t_conv:g}) = {lam_exact[t_conv]:.4f}")
-report.metric("energy_distance_mc_band", mc)
-report.metric("guidance_profile", profile_g)
-fig = vs.exact_vs_plugin_figure(conv, (min(mc), max(mc)), t_conv, lam_exact[t_conv],
-                                (matched.knob, ed_matched) if matched.reached else None, profile_g)
-report.savefig(fig, "exact_vs_plugin_guidance")
+gp = gs.exact_vs_plugin(samplers, exact, lam_exact[t_conv], calibrated["EnergyDPS", t_conv], t_conv, seed,
+                        cfg.exact_guidance_order, list(cfg.convergence_steps), progress=lambda it: tqdm(it, desc="steps"))
+report.metric("exact_vs_plugin_by_steps", gp.convergence, note=f"lambda = lambda*({t_conv:g}) = {lam_exact[t_conv]:.4f}")
+report.metric("energy_distance_mc_band", gp.mc_band)
+report.metric("guidance_profile", gp.profile)
+report.savefig(vs.exact_vs_plugin_figure(gp, t_conv, lam_exact[t_conv]), "exact_vs_plugin_guidance")
 plt.show()
 
 # %%
-last = conv[max(conv)]
-psi_se = float(psi(reference).std()) / cfg.n_samples**0.5
+last, mc, psi_se = gp.most_steps, gp.mc_band, gp.psi_standard_error
 report.claim("exact_guidance_matches_tilt", "Theorem G.3, App G.3-G.4",
              "DDPM with the exact guidance grad log h_t at the tilt's lambda matches q_lambda: energy distance "
              "within 3x the largest exact-vs-exact value and mean psi within 3 standard errors of t, at the most steps",
@@ -230,10 +200,10 @@ report.claim("exact_guidance_matches_tilt", "Theorem G.3, App G.3-G.4",
 report.claim("plugin_overshoots_same_lambda", "App G.3 (plug-in approximation), App G.4",
              "At the tilt's lambda the plug-in lambda grad psi(x0-hat) overshoots (mean psi > t + 3 SE), and "
              "calibrating lambda to t brings its energy distance back within 3x the Monte Carlo band",
-             ours={"plugin_mean_psi": last["plugin_mean_psi"], "plugin_ed": last["plugin_ed"], "matched_ed": ed_matched,
-                   "lambda_matched": matched.knob, "lambda_exact": lam_exact[t_conv]},
+             ours={"plugin_mean_psi": last["plugin_mean_psi"], "plugin_ed": last["plugin_ed"], "matched_ed": gp.matched_ed,
+                   "lambda_matched": gp.matched_lambda, "lambda_exact": lam_exact[t_conv]},
              paper="plug-in surrogate of grad log h_t", kind="paper",
-             holds=last["plugin_mean_psi"] > t_conv + 3 * psi_se and abs(ed_matched) <= 3 * max(mc))
+             holds=last["plugin_mean_psi"] > t_conv + 3 * psi_se and abs(gp.matched_ed) <= 3 * max(mc))
 
 # %% [markdown]
 # **What we see.** Left (log-log): the exact-guidance curve falls into the grey Monte Carlo
@@ -254,16 +224,11 @@ report.claim("plugin_overshoots_same_lambda", "App G.3 (plug-in approximation), 
 # the exact tilt conditioned on the same $A_\tau$ (Lemmas D.6-D.7).
 
 # %%
-collapse = gs.pool_collapse(ref_law.values[:cfg.pool_size], list(cfg.retrieval_lambdas))
-ess, max_w = collapse["ess"], collapse["max_weight"]
-boundary = {t: gs.boundary_masses(psi, calibrated["retrieval", t].samples, exact(t, seed), cfg.boundary_delta)
-            for t in targets if calibrated["retrieval", t].reached}
-on_pool = {t: float((torch.cdist(calibrated["EnergyDPS", t].samples, ref_pool[:cfg.pool_size]).min(1).values < 1e-12)
-                    .float().mean()) for t in targets if calibrated["EnergyDPS", t].reached}
+ess, max_w, boundary, on_pool = gs.retrieval_study(samplers, ref_law, ref_pool, calibrated, exact, seed,
+                                                   list(cfg.retrieval_lambdas), cfg.boundary_delta)
 report.metric("pool_tilt", {"ess": ess, "max_weight": max_w, "energydps_fraction_on_pool": on_pool})
 report.metric("boundary_mass", boundary, note=f"delta={cfg.boundary_delta}; exact tilt conditioned on psi >= tau")
-fig = vs.retrieval_figure(ess, max_w, boundary, cfg.pool_size, cfg.boundary_delta)
-report.savefig(fig, "retrieval_finite_support")
+report.savefig(vs.retrieval_figure(ess, max_w, boundary, cfg.pool_size, cfg.boundary_delta), "retrieval_finite_support")
 plt.show()
 lam_top = max(cfg.retrieval_lambdas)
 report.claim("lemma_F1_winner_takes_most", "Lemma F.1, eq. 159",
@@ -289,15 +254,9 @@ report.claim("retrieval_boundary_concentration", "Sec 2.2.4 Fig 3 text, Lemmas D
 # $\log p(X)$, $X\sim p$. A fair sampler at level $t$ leaves it only as much as the exact tilt.
 
 # %%
-log_p_prior = gmm.log_prob(ref_pool[:200_000])
-ell, band = gs.typical_region(log_p_prior, 0.05)
-log_p = {t: {"exact tilt": gmm.log_prob(exact(t, seed)),
-             **{m: gmm.log_prob(calibrated[m, t].samples) for m in ("EnergyDPS", "OR") if calibrated[m, t].reached}}
-         for t in targets if calibrated["OR", t].reached}
-outside = {t: {m: float((lp < ell).float().mean()) for m, lp in row.items()} for t, row in log_p.items()}
+log_p_prior, ell, band, log_p, outside = gs.typical_set_study(gmm, ref_pool[:200_000], calibrated, exact, seed, 0.05)
 report.metric("fraction_outside_typical_region", outside, note=f"log p < {ell:.3f} (95% HPD level)")
-fig = vs.typical_set_figure(log_p_prior, log_p, band, ell, 0.05)
-report.savefig(fig, "or_typical_set")
+report.savefig(vs.typical_set_figure(log_p_prior, log_p, band, ell, 0.05), "or_typical_set")
 plt.show()
 report.claim("F3_or_outside_typical_set", "Sec 2.2.4 Methodology II, App F.3, Lemma F.4",
              "OR samples fall outside the prior's 95% typical region far more often than the exact tilt at the same t "
@@ -323,21 +282,14 @@ report.claim("F3_or_outside_typical_set", "Sec 2.2.4 Methodology II, App F.3, Le
 # $\lambda$ re-calibrated so that mean $\psi$ stays at $t$: the toy's version of Fig 2.
 
 # %%
-task = reference_energy(torch.tensor(cfg.task_reference, dtype=torch.float64))
-drift = gs.task_drift(ref_law, task(ref_pool), cfg.drift_target, list(cfg.drift_task_gains))
+drift, dps_drift, dps_summary = gs.object_drift_study(samplers, ref_law, ref_pool, cfg.task_reference, cfg.drift_target,
+                                                      list(cfg.drift_task_gains), cfg.tol, cfg.calib_max_iter,
+                                                      progress=lambda it: tqdm(it, desc="Fig 2 analogue"))
 report.metric("lemma_E1_two_constraints", drift, note=f"t={cfg.drift_target:g}, x_ref={cfg.task_reference}")
-fig = vs.two_constraint_figure(drift, cfg.drift_target)
-report.savefig(fig, "two_constraint_drift")
+report.savefig(vs.two_constraint_figure(drift, cfg.drift_target), "two_constraint_drift")
 plt.show()
-dps_drift = {r["omega"]: gs.energy_dps_with_task(samplers, task, r["omega"], cfg.drift_target, cfg.tol,
-                                                 cfg.calib_max_iter) for r in tqdm(drift, desc="Fig 2 analogue")}
-report.metric("object_drift_energydps", {om: {"lambda": r.knob, "mean_psi": r.mean_psi, "reached": r.reached,
-                                              "mean_g": float(task(r.samples).mean()) if r.reached else None}
-                                         for om, r in dps_drift.items()})
-fig = vs.object_drift_figure(grid, gmm.log_prob(grid.points_GD), {om: r.samples for om, r in dps_drift.items() if r.reached},
-                             {r["omega"]: f"$\\omega$ = {r['omega']:.3g}, $s - s_0$ = {r['s_gain']:g}" for r in drift},
-                             cfg.task_reference, cfg.drift_target)
-report.savefig(fig, "object_drift")
+report.metric("object_drift_energydps", dps_summary)
+report.savefig(vs.object_drift_figure(grid, gmm, dps_drift, drift, cfg.task_reference, cfg.drift_target), "object_drift")
 plt.show()
 kls = [r["kl_to_feature_tilt"] for r in drift]
 report.claim("object_drift_grows_with_task_level", "Sec 2.2.3, Lemma E.1, Def 2.5, Theorem E.3",
@@ -371,8 +323,7 @@ report.claim("lemma_E1_moments_matched", "Lemma E.1",
 prompt = gs.prompt_study(PromptFamily(gmm, psi, kde.Grid2D(-7.0, 7.0, cfg.prompt_grid_n)), samplers, targets,
                          cfg.kde_bandwidth, grid)
 report.metric("prompt_bottleneck", prompt, note="Theorem F.7: KL(best prompt||p) >= KL(q*_t||p) + KL(best prompt||q*_t)")
-fig = vs.prompt_figure(prompt)
-report.savefig(fig, "prompt_bottleneck")
+report.savefig(vs.prompt_figure(prompt), "prompt_bottleneck")
 plt.show()
 gap = {t: prompt[t]["kl_best_prompt"] - prompt[t]["kl_exact_tilt"] for t in targets}
 report.claim("thm_F7_prompt_floor", "Sec 2.2.4 eq. 23, Theorem F.7",

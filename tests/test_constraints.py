@@ -14,9 +14,10 @@ from scipy.optimize import brentq
 
 from klsc_lib.constraints.calibration import calibrate_lambda, calibrate_tau, matched_comparison, summarize_seeds
 from klsc_lib.constraints.divergences import kl_truncation, kl_weights
-from klsc_lib.constraints.hard_vs_tilt import (finite_step_speeds, kl_tilt, log_partition, mean_instability_hard,
-                                               mean_instability_soft, tilt, tilted_mean, tilted_var, truncate, v_hard,
-                                               v_soft)
+from klsc_lib.constraints.hard_vs_tilt import (finite_step_speeds, kl_tilt, knob_perturbations, log_partition,
+                                               mean_instability_hard, mean_instability_soft, tilt, tilted_mean, tilted_var,
+                                               truncate, v_hard, v_soft)
+from klsc_lib.constraints.score_variable import EmpiricalScore
 from klsc_lib.constraints.score_variable import StandardNormalScore, angular_score_law
 from klsc_lib.worlds.gmm import four_mode_gmm
 
@@ -160,3 +161,17 @@ def test_summarize_seeds_is_mean_and_sample_std():
     (out,) = summarize_seeds(rows)
     assert out["B_hard"] == pytest.approx(0.3) and out["B_hard_std"] == pytest.approx(float(np.std([0.1, 0.2, 0.6], ddof=1)))
     assert out["n_seeds"] == 3 and out["t_std"] == 0.0
+
+
+def test_knob_perturbations_lemmas_d8_d9(gmm_law):
+    lam = 0.8
+    rows = knob_perturbations(gmm_law, 5.0, lam, [1e-1, 1e-3])
+    assert all(r["shell_mass"] > 0 and math.isinf(r["KL_hard"]) for r in rows)  # Lemma D.8: support jump
+    w, w2 = (torch.softmax(l * gmm_law.values, 0) for l in (lam, lam + 1e-3))  # uniform base weights
+    var = float((w * gmm_law.values.square()).sum() - (w * gmm_law.values).sum() ** 2)
+    kl = float((w * (w / w2).log()).sum())
+    assert rows[1]["KL_soft_ratio"] == pytest.approx(kl / (0.5 * 1e-6 * var), rel=1e-4)
+    assert rows[1]["KL_soft_ratio"] == pytest.approx(1.0, abs=0.01)  # Lemma D.9: KL ~ eps^2 Var / 2
+    gaps = EmpiricalScore(torch.tensor([0.0, 1.0, 2.0, 3.0], dtype=torch.float64))
+    empty = knob_perturbations(gaps, 0.5, 0.0, [0.2])[0]  # the shell [0.5, 0.7) holds no point
+    assert empty["shell_mass"] == 0 and empty["KL_hard"] == 0

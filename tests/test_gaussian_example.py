@@ -9,9 +9,9 @@ import pytest
 import torch
 from scipy import integrate, stats
 
-from klsc_lib.constraints.gaussian_example import (NORMAL, TAU_STAR, V_HARD_FLOOR, V_SOFT, anchor_row,
-                                                   boundary_mass_soft, interpretability_gap, numeric_anchor_row,
-                                                   scipy_anchor_row, tilted_hazard)
+from klsc_lib.constraints.gaussian_example import (NORMAL, TAU_STAR, V_HARD_FLOOR, V_SOFT, anchor_row, anchor_tables,
+                                                   boundary_mass_soft, interpretability_gap, max_rel_deviation,
+                                                   numeric_anchor_row, scipy_anchor_row, tilted_hazard)
 from klsc_lib.constraints.hard_vs_tilt import mean_instability_hard, v_hard
 
 TAUS = (-1.0, 0.0, 0.5, 2.0, 3.0)
@@ -91,3 +91,28 @@ def test_generic_numerics_on_a_quadrature_law_agree_with_scipy(normal_grid):
         assert num["lam"] == pytest.approx(num["t"], rel=1e-9)  # lambda = t on the same law
         assert num["v_soft"] == pytest.approx(V_SOFT, rel=1e-6)
         assert num["gap"] == pytest.approx(num["kl_hard_soft"], abs=1e-10)
+
+
+def test_anchor_tables_agree_three_ways_and_max_rel_deviation_sees_an_error(normal_grid):
+    closed, scipy_rows, numeric = anchor_tables([0.0, 1.5], 0.1, normal_grid)
+    assert [r["tau"] for r in closed] == [r["tau"] for r in numeric] == [0.0, 1.5]
+    assert max_rel_deviation(closed, scipy_rows) < 1e-10 and max_rel_deviation(closed, numeric) < 1e-5
+    off = [{**r, "KL_soft": r["KL_soft"] * 1.01} for r in closed]
+    assert max_rel_deviation(closed, off) == pytest.approx(0.01)
+    with pytest.raises(ValueError, match="one row per reference row"):
+        max_rel_deviation(closed, closed[:1])
+
+
+def test_gaussian_table_figure_shows_both_values_per_cell():
+    import matplotlib.pyplot as plt
+
+    from klsc_lib.viz.constraints import gaussian_table_figure
+
+    closed, numeric = [anchor_row(0.0, 0.1), anchor_row(1.0, 0.1)], [anchor_row(0.0, 0.1), anchor_row(1.0, 0.1)]
+    numeric[1] = {**numeric[1], "t": 2.0}
+    fig = gaussian_table_figure(closed, numeric, 1e-14, 1e-8)
+    cells = fig.axes[0].tables[0].get_celld()
+    assert len(cells) == 3 * 8  # header + one row per threshold, tau + 7 compared fields
+    assert cells[2, 1].get_text().get_text() == f"{closed[1]['t']:.6f} | 2.000000"
+    assert "vs scipy 1e-14, vs numerics 1e-08" in fig.axes[0].get_title()
+    plt.close(fig)

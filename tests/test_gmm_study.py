@@ -9,11 +9,13 @@ import pytest
 import torch
 
 from klsc_lib.baselines import gmm_study as gs
+from klsc_lib.constraints.calibration import Calibrated
 from klsc_lib.constraints.score_variable import EmpiricalScore, midpoint_grid_2d
 from klsc_lib.diffusion.exact_guidance import ExactTiltGuidance
 from klsc_lib.diffusion.gmm_oracle import GMMOracle, gmm_oracle_prior
 from klsc_lib.diffusion.schedule import DDPMSchedule
 from klsc_lib.energies import angular_energy
+from klsc_lib.profiles import get_profile
 from klsc_lib.worlds.gmm import four_mode_gmm
 
 
@@ -120,3 +122,115 @@ def test_pool_collapse_boundary_and_typical_region():
     assert b["tau"] == 1.0 and b["B_delta_retrieval"] == pytest.approx(0.5) and b["B_delta_exact_tilt"] == pytest.approx(1 / 3)
     ell, band = gs.typical_region(torch.linspace(0, 1, 100001, dtype=torch.float64), 0.05)
     assert ell == pytest.approx(0.05) and band == pytest.approx((0.025, 0.975))
+
+
+def _small_samplers(**kw) -> gs.ToySamplers:
+    gmm, schedule = four_mode_gmm(), DDPMSchedule()
+    args = dict(n=64, num_steps=10, pool_size=2000, or_box=(-4.0, 4.0), or_steps=60, or_lr=0.05,
+                or_beta_bracket=(0.0, 1000.0), lam_brackets={"tilted_score": (0.0, 3.0), "constant": (0.0, 0.3)})
+    return gs.ToySamplers(gmm, gmm_oracle_prior(gmm, schedule), angular_energy(), **{**args, **kw})
+
+
+def _calibrated(method: str, t: float, samples: torch.Tensor | None, knob: float = 0.0) -> Calibrated:
+    return Calibrated(method, t, knob, samples, None, samples is not None)
+
+
+def test_from_profile_has_a_bracket_for_every_energy_dps_step():
+    cfg = get_profile("02_sampling_pathologies", "smoke")
+    s = gs.ToySamplers.from_profile(cfg, four_mode_gmm(), None, angular_energy(), seed=3)
+    assert (s.n, s.num_steps, s.pool_size, s.seed) == (cfg.n_samples, cfg.num_steps, cfg.pool_size, 3)
+    assert set(s.lam_brackets) == set(gs.ENERGY_DPS_STEPS.values())  # matched_run can calibrate every variant
+
+
+def test_exact_reference_hits_the_tilted_mean_and_its_kl():
+    gmm, psi = four_mode_gmm(), angular_energy()
+    ref = gs.exact_reference(gmm, psi, 20_000, [5.0, 6.0], 300, torch.Generator().manual_seed(0))
+    assert torch.equal(ref.pool_ND, gmm.sample(20_000, generator=torch.Generator().manual_seed(0)))
+    for t in (5.0, 6.0):
+        w = torch.softmax(ref.lam[t] * ref.law.values, 0)  # q*_t on the pool, computed directly
+        assert float((w * ref.law.values).sum()) == pytest.approx(t, abs=1e-8)
+        assert ref.kl[t] == pytest.approx(float((w * (w * len(w)).log()).sum()), rel=1e-8)  # KL(q || uniform)
+    assert ref.sample(6.0, 1).shape == (300, 2) and torch.equal(ref.sample(6.0, 1), ref.sample(6.0, 1))
+    assert float(psi(ref.sample(6.0, 1)).mean()) == pytest.approx(6.0, abs=0.25)
+
+
+def test_smoothness_paths_run_between_the_end_knobs():
+    samplers = _small_samplers(num_steps=5)
+    pool = samplers.gmm.sample(400, generator=torch.Generator().manual_seed(1))
+    law = EmpiricalScore(samplers.psi(pool))
+    calibrated = {("EnergyDPS", 5.0): _calibrated("EnergyDPS", 5.0, None, 0.2),
+                  ("EnergyDPS", 7.0): _calibrated("EnergyDPS", 7.0, None, 1.0)}
+    paths = gs.smoothness_paths(samplers, calibrated, law, pool, {5.0: 0.5, 7.0: 2.0}, (5.0, 7.0), 5, 2, 100, 0)
+    assert paths["EnergyDPS"]["fine_speed"].shape == (2, 4) and paths["EnergyDPS"]["coarse_speed"].shape == (2, 2)
+    levels = paths["exact tilt"]["levels"]  # tilted means of each sub-pool: increasing in lambda (A'' = Var > 0)
+    assert levels.shape == (2, 5) and bool((levels.diff(dim=1) > 0).all())
+    first = gs.ToySamplers(**{**samplers.__dict__, "seed": samplers.seed + 101}).energy_dps(0.2, n=100, offset=9)
+    assert float(paths["EnergyDPS"]["levels"][0, 0]) == pytest.approx(float(samplers.psi(first).mean()), rel=1e-6)
+
+
+def test_exact_vs_plugin_agree_at_lambda_zero():
+    # at lambda = 0 grad log h_t = 0 and the plug-in is 0 too: both are the unguided sampler on the same noise
+    samplers = _small_samplers()
+    ref = gs.exact_reference(samplers.gmm, samplers.psi, 20_000, [6.0], 64, torch.Generator().manual_seed(0))
+    res = gs.exact_vs_plugin(samplers, ref.sample, 0.0, _calibrated("EnergyDPS", 6.0, None), 6.0, 0, 6, [5, 10],
+                             profile_points=32, profile_steps=3)
+    for row in res.convergence.values():
+        assert row["exact_ed"] == pytest.approx(row["plugin_ed"], abs=1e-8)
+        assert row["exact_mean_psi"] == pytest.approx(row["plugin_mean_psi"], abs=1e-8)
+    assert res.most_steps == res.convergence[10] and len(res.mc_band) == 3 and min(res.mc_band) >= 0
+    assert res.psi_standard_error == pytest.approx(float(samplers.psi(ref.sample(6.0, 0)).std()) / 8)
+    assert math.isnan(res.matched_ed) and not res.matched_reached
+    assert max(res.profile["exact"]) < 1e-12 and res.profile["plugin"] == [0.0] * 3
+
+
+def test_retrieval_study_on_and_off_the_pool():
+    samplers = _small_samplers(pool_size=300)
+    pool = samplers.gmm.sample(500, generator=torch.Generator().manual_seed(2))
+    law = EmpiricalScore(samplers.psi(pool))
+    top = pool[samplers.psi(pool[:300]).argsort()[-40:]]
+    calibrated = {("retrieval", 6.0): _calibrated("retrieval", 6.0, top),
+                  ("EnergyDPS", 6.0): _calibrated("EnergyDPS", 6.0, pool[10:20]),
+                  ("retrieval", 7.0): _calibrated("retrieval", 7.0, None),
+                  ("EnergyDPS", 7.0): _calibrated("EnergyDPS", 7.0, pool[400:410])}  # beyond pool_size: off the pool
+    res = gs.retrieval_study(samplers, law, pool, calibrated, lambda t, seed: pool[:200], 0, [0.0, 10.0], 0.25)
+    assert res.energydps_on_pool == {6.0: 1.0, 7.0: 0.0}
+    assert res.ess[0.0] == pytest.approx(300.0) and res.max_weight[0.0] == pytest.approx(1 / 300)
+    assert list(res.boundary) == [6.0]  # unreached retrieval levels are left out
+    assert res.boundary[6.0] == gs.boundary_masses(samplers.psi, top, pool[:200], 0.25)
+
+
+def test_typical_set_study_counts_points_outside():
+    gmm = four_mode_gmm()
+    draw = lambda n, s: gmm.sample(n, generator=torch.Generator().manual_seed(s))  # noqa: E731
+    far = torch.full((50, 2), 9.0, dtype=torch.float64)  # far from every mode: below any typical level
+    calibrated = {("EnergyDPS", 6.0): _calibrated("EnergyDPS", 6.0, draw(20_000, 1)),
+                  ("OR", 6.0): _calibrated("OR", 6.0, far),
+                  ("EnergyDPS", 7.0): _calibrated("EnergyDPS", 7.0, far), ("OR", 7.0): _calibrated("OR", 7.0, None)}
+    res = gs.typical_set_study(gmm, draw(100_000, 0), calibrated, lambda t, seed: draw(20_000, 2), 0, 0.05)
+    assert list(res.outside) == [6.0]  # levels OR does not reach are left out
+    assert res.outside[6.0]["OR"] == 1.0
+    for m in ("EnergyDPS", "exact tilt"):  # prior draws leave the 95% region with probability 0.05
+        assert res.outside[6.0][m] == pytest.approx(0.05, abs=0.006)
+    assert res.ell == pytest.approx(float(torch.quantile(res.log_p_prior, 0.05)))
+
+
+def test_object_drift_without_task_is_energy_dps():
+    # at gain 0, omega = 0: the energy lambda psi + 0 g with step 1 is EnergyDPS at lambda (same noise)
+    samplers = _small_samplers(num_steps=5)
+    pool = samplers.gmm.sample(20_000, generator=torch.Generator().manual_seed(0))
+    law = EmpiricalScore(samplers.psi(pool))
+    rows, runs, summary = gs.object_drift_study(samplers, law, pool, (2.0, -2.0), 6.0, [0.0], 0.2, 8)
+    assert rows[0]["omega"] == 0.0 and rows[0]["kl_to_feature_tilt"] == pytest.approx(0.0, abs=1e-12)
+    run = runs[0.0]
+    assert run.reached
+    assert torch.allclose(run.samples, samplers.energy_dps(run.knob), atol=1e-9)
+    g = -(run.samples - torch.tensor([2.0, -2.0], dtype=torch.float64)).square().sum(1)  # eq. 216
+    assert summary[0.0]["mean_g"] == pytest.approx(float(g.mean())) and summary[0.0]["lambda"] == run.knob
+
+
+def test_calibration_summary_keys_every_method_and_level():
+    cal = {("OR", 5.0): Calibrated("OR", 5.0, 3.5, None, 4.2, False, "unreachable"),
+           ("EnergyDPS", 6.5): Calibrated("EnergyDPS", 6.5, 0.4, torch.zeros(2, 2), 6.49, True)}
+    out = gs.calibration_summary(cal)
+    assert list(out) == ["OR@t=5", "EnergyDPS@t=6.5"]
+    assert out["OR@t=5"] == {"knob": 3.5, "mean_psi": 4.2, "reached": False, "message": "unreachable"}

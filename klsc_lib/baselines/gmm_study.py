@@ -19,13 +19,16 @@ records and :mod:`klsc_lib.viz.sampling` plots.
   and E g = s under p e^{lambda psi + omega g} on a weighted pool (Lemma E.1), its KL to
   the pure-feature tilt (D_task(s), Def 2.5) and Theorem E.3's bound.
 - :func:`prompt_study`: the best prompt of the toy's prompt family per level (Theorem F.7).
+- :func:`exact_reference`, :func:`smoothness_paths`, :func:`exact_vs_plugin`, :func:`retrieval_study`,
+  :func:`typical_set_study`, :func:`object_drift_study`: one call per section of notebook 02,
+  each returning the numbers that its claims and figure use.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable, NamedTuple, Sequence
 
 import torch
 from scipy.optimize import minimize
@@ -35,12 +38,14 @@ from klsc_lib.baselines.gmm import (PromptFamily, calibrate_top_k, optimize_regu
                                     resample_uniform, uniform_box_starts, y_axis_prox)
 from klsc_lib.constraints.calibration import Calibrated, calibrate_knob, calibrate_lambda
 from klsc_lib.constraints.divergences import kl_weights
-from klsc_lib.constraints.hard_vs_tilt import effective_sample_size, resample, task_distortion_lower_bound, tilt
+from klsc_lib.constraints.hard_vs_tilt import (effective_sample_size, kl_tilt, resample, task_distortion_lower_bound,
+                                               tilt)
 from klsc_lib.constraints.score_variable import EmpiricalScore
 from klsc_lib.diffusion.energy_dps import guidance_step, sample_energy_dps_ddpm
 from klsc_lib.diffusion.exact_guidance import ExactTiltGuidance
 from klsc_lib.diffusion.gmm_oracle import GMMOracle
 from klsc_lib.diffusion.samplers import sample_ddpm, spaced_timesteps
+from klsc_lib.energies import reference_energy
 from klsc_lib.energies.base import Energy
 from klsc_lib.interfaces import Prior
 from klsc_lib.worlds.gmm import GaussianMixture
@@ -66,6 +71,13 @@ class ToySamplers:
     or_beta_bracket: tuple[float, float]
     lam_brackets: dict[str, tuple[float, float]]
     seed: int = 0
+
+    @classmethod
+    def from_profile(cls, cfg: Any, gmm: GaussianMixture, prior: Prior, psi: Energy, seed: int = 0) -> ToySamplers:
+        """The samplers of a notebook-02 profile (its ``n_samples``, ``num_steps``, ``pool_size``,
+        ``or_*`` and ``lam_bracket*`` fields; App I sizes)."""
+        return cls(gmm, prior, psi, cfg.n_samples, cfg.num_steps, cfg.pool_size, cfg.or_box, cfg.or_steps, cfg.or_lr,
+                   cfg.or_beta_bracket, {"tilted_score": cfg.lam_bracket, "constant": cfg.lam_bracket_constant}, seed)
 
     def _gen(self, offset: int) -> torch.Generator:
         return torch.Generator().manual_seed(1000 * self.seed + offset)
@@ -96,6 +108,12 @@ class ToySamplers:
             return res
         return Calibrated(res.method, res.target, res.knob, resample_uniform(res.samples, self.n, self._gen(5)),
                           res.mean_psi, True, attainable=res.attainable)
+
+
+def calibration_summary(calibrated: dict[tuple[str, float], Calibrated]) -> dict[str, dict[str, Any]]:
+    """The knob, achieved mean psi, success and message of each matched calibration (App I), keyed "method@t=level"."""
+    return {f"{m}@t={t:g}": {"knob": r.knob, "mean_psi": r.mean_psi, "reached": r.reached, "message": r.message}
+            for (m, t), r in calibrated.items()}
 
 
 def matched_run(samplers: ToySamplers, targets: list[float], tol: float, max_iter: int,
@@ -384,3 +402,152 @@ def typical_region(log_p_prior_N: torch.Tensor, eps: float = 0.05) -> tuple[floa
     {log p >= ell_eps} (Def F.3)."""
     q = torch.quantile(log_p_prior_N, torch.tensor([eps, 0.025, 0.975], dtype=log_p_prior_N.dtype))
     return float(q[0]), (float(q[1]), float(q[2]))
+
+
+class ExactReference(NamedTuple):
+    """The exact KLSC tilt q*_t of a prior pool: the pool, its score law, lambda*(t),
+    KL(q*_t || p) and a sampler (t, seed) -> n draws (App H.2-H.3)."""
+
+    pool_ND: torch.Tensor
+    law: EmpiricalScore
+    lam: dict[float, float]
+    kl: dict[float, float]
+    sample: Callable[[float, int], torch.Tensor]
+
+
+def exact_reference(gmm: GaussianMixture, psi: Energy, pool_size: int, targets: list[float], n: int,
+                    generator: torch.Generator) -> ExactReference:
+    """q*_t per level t by self-normalised importance weighting of ``pool_size`` prior draws
+    (App H.2-H.3): lambda*(t) by bisection of the tilted mean (Remark D.5) and
+    KL(q*_t || p) = lambda t - A(lambda) (eq. 62)."""
+    pool_ND = gmm.sample(pool_size, generator=generator)
+    law = EmpiricalScore(psi(pool_ND))
+    lam = {t: calibrate_lambda(law, t) for t in targets}
+    kl = {t: float(kl_tilt(law, lam[t])) for t in targets}
+    return ExactReference(pool_ND, law, lam, kl, exact_tilt_sampler(law, pool_ND, lam, n))
+
+
+def smoothness_paths(samplers: ToySamplers, calibrated: dict[tuple[str, float], Calibrated], law: EmpiricalScore,
+                     pool_ND: torch.Tensor, lam_exact: dict[float, float], ends: tuple[float, float], levels: int,
+                     replicates: int, n: int, seed: int) -> dict[str, dict[str, torch.Tensor]]:
+    """Path speeds in t ("samples vary smoothly as t changes", Sec 2.3, Fig 3) of EnergyDPS
+    (:func:`energy_dps_path`) and of the exact tilt (:func:`exact_path`) on ``levels`` evenly
+    spaced lambdas between each one's lambda at the two levels ``ends``."""
+    lam_dps = [calibrated["EnergyDPS", t].knob for t in ends]
+    return {"EnergyDPS": energy_dps_path(samplers, torch.linspace(*lam_dps, levels).tolist(), replicates, n),
+            "exact tilt": exact_path(law, pool_ND, torch.linspace(*[lam_exact[t] for t in ends], levels).tolist(),
+                                     replicates, n, seed)}
+
+
+@dataclass
+class ExactVsPlugin:
+    """Exact guidance vs the plug-in at one level (Theorem G.3, App G.3-G.4); see :func:`exact_vs_plugin`."""
+
+    convergence: dict[int, dict[str, float]]
+    mc_band: list[float]
+    psi_standard_error: float
+    matched_lambda: float
+    matched_ed: float
+    matched_reached: bool
+    profile: dict[str, list[float]]
+
+    @property
+    def most_steps(self) -> dict[str, float]:
+        """The convergence row at the largest number of reverse steps."""
+        return self.convergence[max(self.convergence)]
+
+
+def exact_vs_plugin(samplers: ToySamplers, exact: Callable[[float, int], torch.Tensor], lam: float,
+                    matched: Calibrated, t: float, seed: int, order: int, steps: list[int], mc_replicates: int = 3,
+                    profile_points: int = 400, profile_steps: int = 25,
+                    progress: Callable = lambda it: it) -> ExactVsPlugin:
+    """Theorem G.3 on the toy at level ``t`` (``lam`` = lambda*(t)): the Monte Carlo band (energy
+    distances between independent exact-tilt sets), :func:`guidance_convergence` of the exact
+    guidance grad log h_t vs the plug-in, the plug-in calibrated to t (``matched``) against the
+    same reference, the standard error of mean psi, and :func:`guidance_profile` along the
+    noising of ``profile_points`` reference samples (App G.3-G.4)."""
+    reference = exact(t, seed)
+    mc = [abs(energy_distance(reference, exact(t, seed + 50 + i))) for i in range(mc_replicates)]
+    guided = ExactTiltGuidance(GMMOracle(samplers.gmm, samplers.prior.schedule), samplers.psi, lam, order=order)
+    conv = guidance_convergence(samplers, guided, reference, steps, progress=progress)
+    ed_matched = energy_distance(matched.samples, reference) if matched.reached else float("nan")
+    profile = guidance_profile(guided, samplers.prior, samplers.psi, reference[:profile_points],
+                               spaced_timesteps(samplers.prior.schedule, profile_steps).tolist(),
+                               torch.Generator().manual_seed(seed))
+    return ExactVsPlugin(conv, mc, float(samplers.psi(reference).std()) / samplers.n**0.5, matched.knob, ed_matched,
+                         matched.reached, profile)
+
+
+class RetrievalStudy(NamedTuple):
+    """Lemma F.1 and boundary concentration of retrieval; see :func:`retrieval_study`."""
+
+    ess: dict[float, float]
+    max_weight: dict[float, float]
+    boundary: dict[float, dict[str, float]]
+    energydps_on_pool: dict[float, float]
+
+
+def retrieval_study(samplers: ToySamplers, law: EmpiricalScore, pool_ND: torch.Tensor,
+                    calibrated: dict[tuple[str, float], Calibrated], exact: Callable[[float, int], torch.Tensor],
+                    seed: int, lams: list[float], delta: float) -> RetrievalStudy:
+    """Sec 2.2.4 Methodology I on the first ``samplers.pool_size`` points of a prior pool:
+    :func:`pool_collapse` of the tilted empirical measure (Lemma F.1, eq. 17),
+    :func:`boundary_masses` of top-k vs the exact tilt per reached level (Lemmas D.6-D.7),
+    and the fraction of EnergyDPS samples that coincide with a pool point."""
+    pool = pool_ND[:samplers.pool_size]
+    collapse = pool_collapse(law.values[:samplers.pool_size], lams)
+    targets = list(dict.fromkeys(t for _, t in calibrated))
+    boundary = {t: boundary_masses(samplers.psi, calibrated["retrieval", t].samples, exact(t, seed), delta)
+                for t in targets if calibrated["retrieval", t].reached}
+    on_pool = {t: float((torch.cdist(calibrated["EnergyDPS", t].samples, pool).min(1).values < 1e-12).float().mean())
+               for t in targets if calibrated["EnergyDPS", t].reached}
+    return RetrievalStudy(collapse["ess"], collapse["max_weight"], boundary, on_pool)
+
+
+class TypicalSetStudy(NamedTuple):
+    """Prior log-densities of each method's samples vs the typical region; see :func:`typical_set_study`."""
+
+    log_p_prior: torch.Tensor
+    ell: float
+    band: tuple[float, float]
+    log_p: dict[float, dict[str, torch.Tensor]]
+    outside: dict[float, dict[str, float]]
+
+
+def typical_set_study(gmm: GaussianMixture, prior_ND: torch.Tensor, calibrated: dict[tuple[str, float], Calibrated],
+                      exact: Callable[[float, int], torch.Tensor], seed: int, eps: float = 0.05) -> TypicalSetStudy:
+    """App F.3 (Def F.3, Lemma F.4): log p of the exact tilt, EnergyDPS and OR samples at each
+    level OR reaches, and the fraction of each below the (1 - eps) typical-region level
+    ell_eps of log p(X), X ~ p (from the prior draws ``prior_ND``)."""
+    log_p_prior = gmm.log_prob(prior_ND)
+    ell, band = typical_region(log_p_prior, eps)
+    targets = list(dict.fromkeys(t for _, t in calibrated))
+    log_p = {t: {"exact tilt": gmm.log_prob(exact(t, seed)),
+                 **{m: gmm.log_prob(calibrated[m, t].samples) for m in ("EnergyDPS", "OR") if calibrated[m, t].reached}}
+             for t in targets if calibrated["OR", t].reached}
+    outside = {t: {m: float((lp < ell).float().mean()) for m, lp in row.items()} for t, row in log_p.items()}
+    return TypicalSetStudy(log_p_prior, ell, band, log_p, outside)
+
+
+class ObjectDrift(NamedTuple):
+    """The two-constraint problem on the toy; see :func:`object_drift_study`."""
+
+    rows: list[dict[str, float]]
+    runs: dict[float, Calibrated]
+    summary: dict[float, dict[str, Any]]
+
+
+def object_drift_study(samplers: ToySamplers, law: EmpiricalScore, pool_ND: torch.Tensor, x_ref: Sequence[float],
+                       t: float, gains: list[float], tol: float, max_iter: int,
+                       progress: Callable = lambda it: it) -> ObjectDrift:
+    """Object drift (Sec 2.2.3, App E) for the pixel-reference task g(x) = -||x - x_ref||^2
+    (eq. 216): :func:`task_drift` (Lemma E.1's multipliers, D_task(s) and Theorem E.3's bound)
+    on the weighted pool, then :func:`energy_dps_with_task` at each solved omega with lambda
+    re-calibrated to mean psi = t (the toy's Fig 2), summarised by lambda, mean psi and the
+    mean task score of its samples."""
+    task = reference_energy(torch.tensor(x_ref, dtype=torch.float64))
+    rows = task_drift(law, task(pool_ND), t, gains)
+    runs = {r["omega"]: energy_dps_with_task(samplers, task, r["omega"], t, tol, max_iter) for r in progress(rows)}
+    summary = {om: {"lambda": r.knob, "mean_psi": r.mean_psi, "reached": r.reached,
+                    "mean_g": float(task(r.samples).mean()) if r.reached else None} for om, r in runs.items()}
+    return ObjectDrift(rows, runs, summary)

@@ -9,6 +9,7 @@ faithfulness therefore means lambda = r(tau).
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
 import torch
 
@@ -21,6 +22,7 @@ NORMAL = StandardNormalScore()
 V_SOFT = 1 / math.sqrt(2 * math.pi)  # eq. (123): constant KLSC TV speed
 V_HARD_FLOOR = math.sqrt(math.pi / 2)  # eq. (136): v_hard >= this for tau >= 0
 TAU_STAR = -2.48847  # below it v_hard < v_soft: Prop. D.13 needs tau >= 0 (or tau > TAU_STAR)
+ANCHOR_KEYS = ("t", "m", "v_hard", "KL_hard", "KL_soft", "B_hard", "B_soft")  # the compared fields of an anchor row
 
 
 def _t(x: Scalar) -> torch.Tensor:
@@ -123,3 +125,21 @@ def scipy_anchor_row(tau: float, delta: float) -> dict[str, float]:
         "KL_soft": lam * t - log_z,  # E_q log(q / p) = lambda E_q y - log Z, with E_q y = t by construction
         "B_hard": float(trunc.cdf(tau + delta)), "B_soft": shell / upper,
     }
+
+
+def anchor_tables(taus: Sequence[float], delta: float, law: EmpiricalScore,
+                  lam_max: float = 50.0) -> tuple[list[dict[str, float]], list[dict[str, float]], list[dict[str, float]]]:
+    """The App D.4.4 anchors three ways per threshold: :func:`anchor_row` (closed forms),
+    :func:`scipy_anchor_row` (SciPy) and :func:`numeric_anchor_row` on ``law`` (generic code)."""
+    closed = [anchor_row(tau, delta) for tau in taus]
+    scipy_rows = [scipy_anchor_row(tau, delta) for tau in taus]
+    numeric = [numeric_anchor_row(law, tau, delta, lam_max) for tau in taus]
+    return closed, scipy_rows, numeric
+
+
+def max_rel_deviation(reference: list[dict[str, float]], rows: list[dict[str, float]],
+                      keys: tuple[str, ...] = ANCHOR_KEYS) -> float:
+    """max over paired rows and ``keys`` of |row[k] - reference[k]| / |reference[k]| (App D.4.4 checks)."""
+    if len(reference) != len(rows):
+        raise ValueError(f"need one row per reference row, got {len(rows)} for {len(reference)}")
+    return max(abs(r[k] - c[k]) / abs(c[k]) for c, r in zip(reference, rows) for k in keys)

@@ -168,3 +168,15 @@ def finite_step_speeds(law: EmpiricalScore, tau: float, lam: float, step: float)
     soft = tv_weights(tilt(law, lam - step).log_weights, tilt(law, lam + step).log_weights) / (
         tilted_mean(law, lam + step) - tilted_mean(law, lam - step))
     return float(hard), float(soft)
+
+
+def knob_perturbations(law: EmpiricalScore, tau: float, lam: float, eps: list[float]) -> list[dict[str, float]]:
+    """Lemmas D.8-D.9 per knob perturbation eps: the shell mass S(tau) - S(tau + eps),
+    KL(p_tau || p_(tau+eps)) (infinite whenever the shell holds mass) and
+    KL(q_lam || q_(lam+eps)) / (eps^2 Var_q psi / 2), which tends to 1 as eps -> 0."""
+    from klsc_lib.constraints.divergences import kl_weights
+
+    var = float(tilted_var(law, lam))
+    return [{"eps": e, "shell_mass": float(law.survival(tau) - law.survival(tau + e)),
+             "KL_hard": float(kl_weights(truncate(law, tau).log_weights, truncate(law, tau + e).log_weights)),
+             "KL_soft_ratio": float(kl_between_tilts(law, lam, lam + e)) / (0.5 * e**2 * var)} for e in eps]

@@ -51,6 +51,16 @@ def table_figure(header: Sequence[str], rows: Sequence[Sequence[str]], title: st
     return fig
 
 
+def gaussian_table_figure(closed: Sequence[Mapping[str, float]], numeric: Sequence[Mapping[str, float]],
+                          dev_scipy: float, dev_numeric: float, keys: Sequence[str] = gx.ANCHOR_KEYS):
+    """The Gaussian example (App D.4.4): closed forms beside the generic numerics, one row per
+    threshold, titled with the largest relative deviations from SciPy and from the numerics."""
+    return table_figure(["τ"] + [f"{k}\nclosed | numeric" for k in keys],
+                        [[f"{c['tau']:g}"] + [f"{c[k]:.6f} | {n[k]:.6f}" for k in keys] for c, n in zip(closed, numeric)],
+                        f"Gaussian example (App D.4.4): closed forms vs generic numerics; "
+                        f"vs scipy {dev_scipy:.0e}, vs numerics {dev_numeric:.0e}", col_width=2.0)
+
+
 def table2_figure(mc: Sequence[Mapping[str, float]], grid: Sequence[Mapping[str, float]],
                   paper: Mapping[int, Mapping[str, Mapping[str, float]]], title: str):
     header = ["t", "method", "knob"] + [f"{m} {src}" for m in ("B_δ", "TV", "KL") for src in ("MC", "grid", "paper")]

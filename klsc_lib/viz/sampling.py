@@ -9,8 +9,9 @@ import numpy as np
 import torch
 
 from klsc_lib.analysis.kde import Grid2D
-from klsc_lib.baselines.gmm_study import mean_sd
+from klsc_lib.baselines.gmm_study import METHODS, ExactVsPlugin, mean_sd
 from klsc_lib.constraints.calibration import Calibrated
+from klsc_lib.worlds.gmm import GaussianMixture
 
 def knob_text(method: str, res: Calibrated) -> str:
     """'k = 18,838' (retrieval), 'beta = 3.2' (OR), 'lambda = 0.41' (EnergyDPS) in mathtext."""
@@ -24,11 +25,17 @@ def _contours(ax, grid: Grid2D, values_G: torch.Tensor, **kw) -> None:
     ax.set(xlim=(grid.lo, grid.hi), ylim=(grid.lo, grid.hi), aspect="equal", xticks=[], yticks=[])
 
 
-def fig3(grid: Grid2D, prior_log_G: torch.Tensor, psi_G: torch.Tensor, prior_samples: torch.Tensor,
-         rows: Mapping[str, Mapping[float, Calibrated | torch.Tensor]], psi, kl: Mapping, kl_exact: Mapping[float, float]):
+def fig3(grid: Grid2D, gmm: GaussianMixture, psi, prior_samples: torch.Tensor,
+         calibrated: Mapping[tuple[str, float], Calibrated], exact_samples: Mapping[float, torch.Tensor], kl: Mapping,
+         kl_exact: Mapping[float, float]):
     """Paper Fig 3 analogue: column 0 the baseline (prior samples over psi's contours),
-    then one column per level t and one row per method; right, KDE-KL mean +- SD."""
+    then one column per level t and one row per method of ``METHODS`` and a last row of
+    exact-tilt samples; right, KDE-KL mean +- SD."""
     targets = sorted(kl_exact)
+    prior_log_G, psi_G = gmm.log_prob(grid.points_GD), psi(grid.points_GD)
+    rows: dict[str, Mapping[float, Calibrated | torch.Tensor]] = {m: {t: calibrated[m, t] for t in targets}
+                                                                  for m in METHODS}
+    rows["exact tilt $q^\\star_t$ (ours)"] = exact_samples
     n_r, n_c = len(rows), len(targets) + 1
     fig = plt.figure(figsize=(2.6 * n_c + 5.5, 2.6 * n_r))
     gs = fig.add_gridspec(n_r, n_c + 1, width_ratios=[1] * n_c + [2.2], wspace=0.08, hspace=0.35)
@@ -70,13 +77,13 @@ def fig3(grid: Grid2D, prior_log_G: torch.Tensor, psi_G: torch.Tensor, prior_sam
     return fig
 
 
-def path_speed_figure(paths: Mapping[str, Mapping[str, np.ndarray]]):
+def path_speed_figure(paths: Mapping[str, Mapping[str, torch.Tensor]]):
     """Sliced-W2 between neighbouring levels / level step along t, mean +- SD over replicates,
-    on the fine grid and on the grid of every other level."""
+    on the fine grid and on the grid of every other level (:func:`~klsc_lib.baselines.gmm_study.smoothness_paths`)."""
     fig, ax = plt.subplots(1, 1, figsize=(7, 3.6))
     for i, (name, p) in enumerate(paths.items()):
         for key, style in (("fine", "o-"), ("coarse", "s--")):
-            mids, sp = p[f"{key}_mid"], p[f"{key}_speed"]
+            mids, sp = p[f"{key}_mid"].numpy(), p[f"{key}_speed"].numpy()
             ax.errorbar(mids, sp.mean(0), sp.std(0, ddof=1) if len(sp) > 1 else None, fmt=style, color=f"C{i}",
                         capsize=2, alpha=1.0 if key == "fine" else 0.6, label=f"{name}, {key} grid")
     ax.set(xlabel="level $t$ (midpoint of the pair)", ylabel="SW$_2$(neighbours) / $\\Delta t$",
@@ -86,10 +93,11 @@ def path_speed_figure(paths: Mapping[str, Mapping[str, np.ndarray]]):
     return fig
 
 
-def exact_vs_plugin_figure(conv: Mapping[int, Mapping[str, float]], mc_band: tuple[float, float], t_level: float,
-                           lam: float, matched: tuple[float, float] | None, profile: Mapping[str, list[float]]):
+def exact_vs_plugin_figure(study: ExactVsPlugin, t_level: float, lam: float):
     """Left: energy distance to q_lambda by reverse steps (log-log, Monte-Carlo band);
     middle: mean psi; right: |exact| and |plug-in| guidance and their cosine over diffusion time."""
+    conv, mc_band, profile = study.convergence, (min(study.mc_band), max(study.mc_band)), study.profile
+    matched = (study.matched_lambda, study.matched_ed) if study.matched_reached else None
     fig, ax = plt.subplots(1, 3, figsize=(15, 3.8))
     steps = list(conv)
     floor = mc_band[0] / 10
@@ -163,9 +171,13 @@ def typical_set_figure(log_p_prior: torch.Tensor, log_p: Mapping[float, Mapping[
     return fig
 
 
-def object_drift_figure(grid: Grid2D, prior_log_G: torch.Tensor, samples: Mapping[float, torch.Tensor],
-                        labels: Mapping[float, str], x_ref: Sequence[float], t_level: float):
-    """Fig 2 analogue: one small panel of EnergyDPS samples per task weight omega."""
+def object_drift_figure(grid: Grid2D, gmm: GaussianMixture, runs: Mapping[float, Calibrated],
+                        rows: Sequence[Mapping[str, float]], x_ref: Sequence[float], t_level: float):
+    """Fig 2 analogue: one small panel of EnergyDPS samples per task weight omega (the reached
+    ``runs`` of :func:`~klsc_lib.baselines.gmm_study.object_drift_study`, labelled from its ``rows``)."""
+    prior_log_G = gmm.log_prob(grid.points_GD)
+    samples = {om: r.samples for om, r in runs.items() if r.reached}
+    labels = {r["omega"]: f"$\\omega$ = {r['omega']:.3g}, $s - s_0$ = {r['s_gain']:g}" for r in rows}
     fig, axes = plt.subplots(1, len(samples), figsize=(2.4 * len(samples), 2.8), squeeze=False)
     for i, (ax, (omega, s)) in enumerate(zip(axes[0], samples.items())):
         _contours(ax, grid, prior_log_G.exp(), levels=5, colors="0.7", linewidths=0.5)
