@@ -30,7 +30,7 @@ from __future__ import annotations
 import inspect
 import time
 from dataclasses import asdict, dataclass, replace
-from typing import Callable, Literal, Sequence
+from typing import Any, Callable, Literal, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -47,6 +47,8 @@ from klsc_lib.energies.features import feature_pre_activation
 from klsc_lib.energies.reductions import reduce_map
 from klsc_lib.interfaces import HookedBackbone, Prior, World
 from klsc_lib.paper_values import ENERGYDPS, FEATURE_SCORE
+from klsc_lib.runtime import config_hash
+from klsc_lib.sae.artifacts import TranscoderRecipe, load_or_fit_transcoder
 from klsc_lib.samples_store import SamplesStore
 from klsc_lib.sae.transcoder import Transcoder
 
@@ -116,6 +118,17 @@ class Units:
             return reduce_map(map_BUHW.reshape(-1, h, w), self.reduction, self.center_frac,
                               self.alpha).reshape(b, -1)
         return psi_BU
+
+
+def feature_units(world: World, world_config: Any, recipe: TranscoderRecipe, seed: int = 0,
+                  device: str | torch.device = "cpu") -> Units:
+    """The features of ``recipe``'s transcoder on ``world`` (notebook 03's, loaded from the
+    cache or trained now), frozen with the backbone; ``world_config`` (the world's
+    config dataclass) keys the cache."""
+    world_key = {"world_config": config_hash(asdict(world_config))}
+    tc = load_or_fit_transcoder(world, recipe, world_key=world_key, seed=seed, device=device).model
+    world.backbone.requires_grad_(False)
+    return Units("Feature", world.backbone, tc.requires_grad_(False), image_size=world.image_size)
 
 
 def topk_targets(units: Units, units_U: torch.Tensor, images_NCHW: torch.Tensor, k: int = 20, k_target: int = 4,
@@ -390,17 +403,50 @@ def world_reader(world: World, n_reference: int = 5000
     return (lambda x: read_factors(clf, x)), (lambda x: clf.features(x.to(device)).cpu()), "factor classifier"
 
 
+def _concepts_of(search: DatasetSearchResult, world: World, half: int):
+    from klsc_lib.analysis.explanation_metrics import unit_concepts
+    from klsc_lib.analysis.monosemanticity import dataset_factors
+
+    sizes = {n: int(v.max()) + 1 for n, v in dataset_factors(world.train, world.factor_names).items()}
+    return unit_concepts(search.ids_UK.numpy(), dataset_factors(world.test, world.factor_names, n=half), sizes)
+
+
 def true_concepts(units: Units, units_U: Sequence[int] | torch.Tensor, world: World, k: int = 20):
     """Each unit's true concept as notebook 04 fixes it (Sec 3.2-3.3): the best factor by
     chance-corrected purity over the unit's top-``k`` images in the first half of
     ``world.test`` (:func:`~klsc_lib.analysis.explanation_metrics.unit_concepts`)."""
-    from klsc_lib.analysis.explanation_metrics import unit_concepts
-    from klsc_lib.analysis.monosemanticity import dataset_factors
-
     half = len(world.test) // 2
     search, _ = topk_targets(units, units.check(units_U), torch.stack([world.test[i][0] for i in range(half)]), k=k)
-    sizes = {n: int(v.max()) + 1 for n, v in dataset_factors(world.train, world.factor_names).items()}
-    return unit_concepts(search.ids_UK.numpy(), dataset_factors(world.test, world.factor_names, n=half), sizes)
+    return _concepts_of(search, world, half)
+
+
+@dataclass
+class UnitDraw:
+    """Notebook 04's units (:func:`draw_units`): ids, targets t_U, their top-k real
+    images (:class:`DatasetSearchResult`) and ground-truth concepts."""
+
+    units_U: torch.Tensor
+    target_U: torch.Tensor
+    search: DatasetSearchResult
+    concepts: object  # analysis.explanation_metrics.Concepts
+    drawn: int
+    eligible: int
+
+
+def draw_units(units: Units, world: World, n_units: int, generator: torch.Generator, k: int = 20,
+               k_target: int = 4) -> UnitDraw:
+    """``n_units`` random units that fire on all of their top-``k`` images in the first
+    half of ``world.test`` (drawn from ``4 n_units`` random ids, kept in draw order):
+    dataset search on the same psi, the matched target t_U = mean psi of the top
+    ``k_target`` (Sec 3.2) and each unit's concept (as :func:`true_concepts`)."""
+    half = len(world.test) // 2
+    pool = torch.randperm(units.count, generator=generator)[:4 * n_units]
+    search, t_pool = topk_targets(units, pool, torch.stack([world.test[i][0] for i in range(half)]), k=k,
+                                  k_target=k_target)
+    eligible = (search.psi_UK[:, -1] > 0).nonzero().flatten()
+    keep = eligible[:n_units]
+    kept = DatasetSearchResult(search.psi_UK[keep], search.ids_UK[keep], search.images_UKCHW[keep])
+    return UnitDraw(pool[keep], t_pool[keep], kept, _concepts_of(kept, world, half), len(pool), len(eligible))
 
 
 def world_proxy(world: World) -> tuple[Callable, Callable[[int], torch.Tensor]]:
@@ -461,6 +507,27 @@ def explain(store: SamplesStore, run: Callable[[torch.Tensor, torch.Tensor], Run
                       meta={"seconds_per_sample": per, "peak_bytes_per_sample": res.peak_bytes / res.psi_UN.numel(),
                             "batched_units": len(missing)})
     return {unit: store.get(unit).psi_B for unit in units_U.tolist()}
+
+
+def explain_neurons(store: SamplesStore, world: World, n_units: int, generator: torch.Generator,
+                    images_NCHW: torch.Tensor, n_per_unit: int, cfg: EnergyDPSConfig, seed: int = 0,
+                    batch_size: int = 64, k_target: int = 4
+                    ) -> tuple[torch.Tensor, torch.Tensor, dict[int, torch.Tensor]]:
+    """EnergyDPS on ``n_units`` random backbone neurons (the hooked block's output
+    channels; paper Table 7), each with the cap at its own t_U (mean psi of its
+    top-``k_target`` images among ``images_NCHW``), through ``store``; returns
+    (neuron ids, t_U, psi per neuron)."""
+    neurons = Units("Neuron", world.backbone, image_size=world.image_size)
+    units_U = torch.randperm(neurons.count, generator=generator)[:n_units]
+    _, target_U = topk_targets(neurons, units_U, images_NCHW, k=k_target, k_target=k_target)
+    run = lambda u, t: run_energy_dps(world.prior, neurons, u, t, n_per_unit, cfg, seed, batch_size)  # noqa: E731
+    return units_U, target_U, explain(store, run, units_U, target_U)
+
+
+def stored_samples(store: SamplesStore, units_U: Sequence[int] | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(images_UNCHW as float32, psi_UN) of ``units_U`` from ``store``, in that order."""
+    got = [store.get(int(u)) for u in units_U]
+    return torch.stack([s.images_BCHW.float() for s in got]), torch.stack([s.psi_B for s in got])
 
 
 # ---------------------------------------------------------------- notebook 04's studies

@@ -34,26 +34,25 @@ device = "auto"
 out_dir = "../figures/04_energydps"
 
 # %%
-from dataclasses import asdict, replace
+from dataclasses import replace
 
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from klsc_lib.analysis.explanation_metrics import concept_accuracy, method_table, unit_concepts
+from klsc_lib.analysis.explanation_metrics import concept_accuracy, method_table
 from klsc_lib.analysis.image_metrics import kid
-from klsc_lib.analysis.monosemanticity import dataset_factors
 from klsc_lib.baselines.maco import MacoPrior
 from klsc_lib.energies import class_logit
-from klsc_lib.explain import (Units, energy_dps_samples, explain, matched_cost, object_drift, run_energy_dps,
-                              run_maco, run_proxy, strength_ablation, topk_targets, world_proxy, world_reader)
+from klsc_lib.explain import (draw_units, energy_dps_samples, explain, explain_neurons, feature_units, matched_cost,
+                              object_drift, run_energy_dps, run_maco, run_proxy, stored_samples, strength_ablation,
+                              world_proxy, world_reader)
 from klsc_lib.paper_values import TABLE3, TABLE10, TABLE11
 from klsc_lib.profiles import get_profile
 from klsc_lib.profiles.nb04_energydps import samples_stores
 from klsc_lib.report import Report
-from klsc_lib.runtime import config_hash, resolve_device, seed_everything
-from klsc_lib.sae.artifacts import load_or_fit_transcoder
-from klsc_lib.viz.explanations import method_rows, metric_bars, strength_curve, strip
+from klsc_lib.runtime import resolve_device, seed_everything
+from klsc_lib.viz.explanations import feature_panels, method_rows, metric_bars, strength_curve, strip
 from klsc_lib.viz.world import record_world
 from klsc_lib.worlds import load_world
 from klsc_lib.worlds.miniworld.quality import classify
@@ -66,14 +65,9 @@ if cfg.threads:
 report = Report("04_energydps", out_dir, profile, seed, dev)
 world = load_world(cfg.world, dev)
 record_world(report, world)
-world_key = {"world_config": config_hash(asdict(cfg.world))}
-tc = load_or_fit_transcoder(world, cfg.recipe, world_key=world_key, seed=seed, device=dev).model.requires_grad_(False)
-world.backbone.requires_grad_(False)
-units = Units("Feature", world.backbone, tc, image_size=world.image_size)
+units = feature_units(world, cfg.world, cfg.recipe, seed, dev)
 half = len(world.test) // 2  # first half: dataset search; second half: KID reference
 real = torch.stack([world.test[i][0] for i in range(len(world.test))])
-factors = dataset_factors(world.test, world.factor_names, n=half)
-sizes = {n: int(v.max()) + 1 for n, v in dataset_factors(world.train, world.factor_names).items()}
 n = cfg.n_per_unit
 
 # %% [markdown]
@@ -84,14 +78,11 @@ n = cfg.n_per_unit
 
 # %%
 g = torch.Generator().manual_seed(seed)
-pool = torch.randperm(units.count, generator=g)[:4 * cfg.n_features]
-search, t_pool = topk_targets(units, pool, real[:half], k=cfg.top_k, k_target=cfg.k_target)
-keep = (search.psi_UK[:, -1] > 0).nonzero().flatten()[:cfg.n_features]
-feats, target = pool[keep], t_pool[keep]
-concepts = unit_concepts(search.ids_UK[keep].numpy(), factors, sizes)
+drawn = draw_units(units, world, cfg.n_features, g, cfg.top_k, cfg.k_target)
+feats, target, search, concepts = drawn.units_U, drawn.target_U, drawn.search, drawn.concepts
 print(f"{len(feats)} features; t from {target.min():.2f} to {target.max():.2f}; mean concept purity "
       f"{concepts.purity_U.mean():.2f}")
-report.metric("features", {"n": len(feats), "eligible_of_drawn": f"{int((search.psi_UK[:, -1] > 0).sum())}/{len(pool)}",
+report.metric("features", {"n": len(feats), "eligible_of_drawn": f"{drawn.eligible}/{drawn.drawn}",
                            "mean_purity": concepts.purity_U.mean()})
 
 # %% [markdown]
@@ -99,7 +90,7 @@ report.metric("features", {"n": len(feats), "eligible_of_drawn": f"{int((search.
 
 # %%
 stores = {m: s for (m, kind), s in samples_stores(profile, seed).items() if kind == "Feature"}
-samples = {"TopK": (search.images_UKCHW[keep, :cfg.k_target], search.psi_UK[keep, :cfg.k_target])}
+samples = {"TopK": (search.images_UKCHW[:, :cfg.k_target], search.psi_UK[:, :cfg.k_target])}
 maco_prior, (eps_emb, emb0) = MacoPrior.from_images(real[:half]), world_proxy(world)
 runs = {"MACO": lambda u, t: run_maco(maco_prior, units, u, t, n, world.image_size, cfg.maco, seed),
         "DiffExplainer": lambda u, t: run_proxy(eps_emb, emb0, world.prior, units, u, t, n, cfg.proxy, seed),
@@ -108,8 +99,7 @@ for j, u in enumerate(feats.tolist()):
     stores["TopK"].put(u, samples["TopK"][0][j], samples["TopK"][1][j])
 for method, run in runs.items():
     explain(stores[method], run, feats, target)
-    got = [stores[method].get(u) for u in feats.tolist()]
-    samples[method] = (torch.stack([s.images_BCHW.float() for s in got]), torch.stack([s.psi_B for s in got]))
+    samples[method] = stored_samples(stores[method], feats)
 seeds = list(range(len(feats) * n))
 x_u, psi_u = energy_dps_samples(world.prior, units, feats.repeat_interleave(n), None, replace(cfg.fast, scale=0.0),
                                 seeds, cfg.batch_size)
@@ -121,11 +111,9 @@ samples["unguided"] = (x_u.reshape(len(feats), n, *x_u.shape[1:]), psi_u.reshape
 # %%
 show = np.argsort(-concepts.purity_U)[:2]
 methods = ("TopK", "MACO", "DiffExplainer", "EnergyDPS")
-panels = {f"feature {int(feats[i])}\n{concepts.factor_U[i]}={concepts.value_U[i]}": {
-    m: samples[m][0][i] for m in methods} for i in show}
-captions = {p: {m: f"psi {samples[m][1][i].mean():.2f} / t {target[i]:.2f}" for m in samples}
-            for p, i in zip(panels, show)}
-fig = method_rows(panels, captions, "Explanations at matched activation (paper Fig 4 analogue)")
+labels = [f"feature {int(f)}\n{c}={v}" for f, c, v in zip(feats, concepts.factor_U, concepts.value_U)]
+fig = method_rows(*feature_panels(samples, methods, show, labels, target),
+                  "Explanations at matched activation (paper Fig 4 analogue)")
 report.savefig(fig, "fig4_methods")
 plt.show()
 rand = torch.randperm(len(feats), generator=g)[:4]
@@ -277,13 +265,9 @@ report.claim("fast_10x_cheaper", "App L.4 (ours)", "at matched activation (the f
 # ## 100 random neurons with EnergyDPS, for notebook 05 (Table 7 analogue)
 
 # %%
-neurons = Units("Neuron", world.backbone, image_size=world.image_size)
-n_ids = torch.randperm(neurons.count, generator=g)[:cfg.n_neurons]
-_, n_t = topk_targets(neurons, n_ids, real[:half], k=cfg.k_target, k_target=cfg.k_target)
-ncfg = replace(cfg.fast, calibrate=False)
-nstore = samples_stores(profile, seed)[("EnergyDPS", "Neuron")]  # keyed by ncfg
-psi_n = explain(nstore, lambda u, t: run_energy_dps(world.prior, neurons, u, t, cfg.n_neuron_samples, ncfg, seed,
-                                                    cfg.batch_size), n_ids, n_t)
+nstore = samples_stores(profile, seed)[("EnergyDPS", "Neuron")]  # keyed by the settings below
+n_ids, n_t, psi_n = explain_neurons(nstore, world, cfg.n_neurons, g, real[:half], cfg.n_neuron_samples,
+                                    replace(cfg.fast, calibrate=False), seed, cfg.batch_size, cfg.k_target)
 ratio = float(torch.stack([psi_n[int(u)].mean() for u in n_ids]).mean() / n_t.mean())
 print(f"{len(psi_n)} neurons stored in {nstore.folder}; mean psi / t {ratio:.2f}")
 report.metric("neurons", {"n": len(psi_n), "psi_over_t": ratio, "store": nstore.folder.name})

@@ -40,7 +40,6 @@ ratings = None  # a ratings CSV or a folder of them: analyse those instead of si
 
 # %%
 import tempfile
-from dataclasses import asdict
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -52,13 +51,12 @@ from klsc_lib.analysis.raters import (bootstrap_mean, description_variance, feat
 from klsc_lib.analysis.raters.plots import bar_table, packet_examples, paper_tables_figure
 from klsc_lib.analysis.raters.simulate import (concept_fraction, describe_from_factors, planted_study,
                                                stored_sample_sets)
-from klsc_lib.explain import Units, true_concepts, world_reader
+from klsc_lib.explain import Units, feature_units, true_concepts, world_reader
 from klsc_lib.paper_values import TABLE4, TABLE6, TABLE7, TABLE7_SUCCESS_THRESHOLD
 from klsc_lib.profiles import get_profile
 from klsc_lib.profiles.nb04_energydps import samples_stores
 from klsc_lib.report import Report
-from klsc_lib.runtime import config_hash, resolve_device, seed_everything
-from klsc_lib.sae.artifacts import load_or_fit_transcoder
+from klsc_lib.runtime import resolve_device, seed_everything
 from klsc_lib.worlds import load_world
 from klsc_lib.viz.inspector_data import miniworld_value_names
 from klsc_lib.worlds.miniworld.data import FACTOR_NAMES, FACTOR_SIZES, MiniWorldDataset
@@ -146,12 +144,11 @@ if simulated:
     stores = samples_stores(profile, seed, create=False)  # stops here if notebook 04 has not run
     cfg04 = get_profile("04_energydps", profile)
     world = load_world(cfg04.world, dev)
-    tc = load_or_fit_transcoder(world, cfg04.recipe, world_key={"world_config": config_hash(asdict(cfg04.world))},
-                                seed=seed, device=dev).model.requires_grad_(False)
+    features = feature_units(world, cfg04.world, cfg04.recipe, seed, dev)
     concepts = {}  # (unit kind, id) -> (factor, value), as notebook 04 fixes them
-    for kind, tcoder in (("Feature", tc), ("Neuron", None)):
+    for kind, u_set in (("Feature", features), ("Neuron", Units("Neuron", world.backbone, image_size=world.image_size))):
         ids = sorted({u for (_, k), s in stores.items() if k == kind for u in s.units()})
-        c = true_concepts(Units(kind, world.backbone, tcoder, image_size=world.image_size), ids, world, cfg04.top_k)
+        c = true_concepts(u_set, ids, world, cfg04.top_k)
         concepts |= {(kind, u): (f, int(v)) for u, f, v in zip(ids, c.factor_U, c.value_U)}
     sets, factors = stored_sample_sets(stores.values(), concepts, world_reader(world)[0])
     unit_concept = {f"{k.lower()}_{u}": c for (k, u), c in concepts.items()}  # the sets' unit names

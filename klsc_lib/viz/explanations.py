@@ -41,6 +41,18 @@ def method_rows(panels: Mapping[str, Mapping[str, torch.Tensor]],
     return fig
 
 
+def feature_panels(samples: Mapping[str, tuple[torch.Tensor, torch.Tensor]], methods: Sequence[str],
+                   idx: Sequence[int], labels: Sequence[str], target_U: torch.Tensor
+                   ) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, dict[str, str]]]:
+    """(panels, captions) of :func:`method_rows` for the units at positions ``idx``:
+    ``samples[method] = (images_UNCHW, psi_UN)``, each row captioned with its mean psi
+    against the unit's target t."""
+    panels = {labels[i]: {m: samples[m][0][i] for m in methods} for i in idx}
+    captions = {labels[i]: {m: f"psi {samples[m][1][i].mean():.2f} / t {target_U[i]:.2f}" for m in methods}
+                for i in idx}
+    return panels, captions
+
+
 def strip(images_KCHW: torch.Tensor, labels: Sequence[str], title: str = "", rows: int = 1) -> plt.Figure:
     """Images along a knob (targets, task weights), ``rows`` samples per column
     (images ordered column-major: column j holds images j*rows ... j*rows + rows - 1)."""
