@@ -251,8 +251,9 @@ report.metric("table11", cost, paper={k: dict(v) for k, v in TABLE11.items()},
                    "include calibration")
 speed = cost["paper_config"]["s_per_sample"] / cost["fast"]["s_per_sample"]
 report.claim("fast_10x_cheaper", "App L.4 (ours)", "at matched activation (the fast configuration calibrated to the "
-             "psi paper_config reached, within 5 %) the fast configuration is >= 10x cheaper per sample, calibration "
-             "included", {"speed-up": speed, **{f"{k}/{a}": b for k, v in cost.items() for a, b in v.items()}}, None,
+             "psi paper_config reached, within 5 %) a fast sample is >= 10x cheaper than a paper_config one (the "
+             "calibration passes, a one-off per feature, are reported beside)", {"speed-up": speed, **{
+                 f"{k}/{a}": b for k, v in cost.items() for a, b in v.items()}}, None,
              speed >= 10 and abs(cost["fast"]["psi_over_t"] / cost["paper_config"]["psi_over_t"] - 1) <= 0.05,
              kind="ours", threshold=10)
 
