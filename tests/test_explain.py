@@ -153,7 +153,8 @@ def test_paper_and_fast_configs():
     assert (p.num_steps, p.scale, p.grad_through_denoiser, p.cap) == (None, ENERGYDPS["guidance_scale"], True,
                                                                      ENERGYDPS["cap"])
     f = fast_config(100)
-    assert f.scale * f.num_steps == pytest.approx(p.scale * 1000) and not f.grad_through_denoiser and f.cap is None
+    assert f.scale * f.num_steps == pytest.approx(p.scale * 1000) and f.grad_through_denoiser and f.cap is None
+    assert not fast_config(100, grad_through_denoiser=False).grad_through_denoiser
 
 
 def test_topk_targets_are_the_mean_of_the_best_real_images(world):

@@ -46,13 +46,17 @@ class EnergyDPSProfile:
     batch_size: int = 64  # samples per batch, features mixed
     paper: EnergyDPSConfig = field(default_factory=paper_config)
     n_paper_units: int = 2  # paper_config runs (cost comparison): units x n_per_unit samples
-    strengths: tuple[float, ...] = (0.0, 0.25, 0.5, 1.0)  # x fast.scale, uncapped (Table 10)
-    n_strength_units: int = 8
+    matched_calib_iters: int = 6  # bisection halvings matching the fast configuration to paper_config's psi
+    # x fast.scale, uncapped (Table 10): scale x steps 0, 100, 300 and 1000 (the paper's), from weak to strong, as the
+    # paper's three strengths span activations 6-16 around its cap 15
+    strengths: tuple[float, ...] = (0.0, 0.2, 0.6, 2.0)
+    n_strength_units: int = 32  # x n_per_unit samples per strength (KID on fewer cannot rank strengths)
     shift_levels: tuple[float, ...] = (0.25, 0.5, 1.0, 1.5, 2.0)  # caps as multiples of t (App L.3)
     drift_weights: tuple[float, ...] = (0.0, 0.5, 2.0, 8.0)  # omega of the class-logit task term (App L.5)
     n_real_kid: int = 1000  # held-out real images for KID
-    threads: int | None = 1  # torch intra-op threads (None: torch's default); small models on a shared
-    # CPU run far faster on one thread (two threads on a loaded 2-core machine were ~60x slower)
+    # torch intra-op threads (None: torch's default, every core). On a machine busy with other jobs set 1:
+    # two threads on a loaded 2-core machine ran ~60x slower; alone, two threads are ~1.6x faster than one
+    threads: int | None = None
 
 
 PROFILES = {
@@ -62,13 +66,13 @@ PROFILES = {
         n_features=6, n_per_unit=2, n_neurons=4, n_neuron_samples=2, top_k=10, n_paper_units=1,
         n_strength_units=2, shift_levels=(0.5, 1.0, 2.0), drift_weights=(0.0, 4.0), n_real_kid=128),
     "default": EnergyDPSProfile(
-        world=NB03["default"].world, recipe=NB03["default"].recipe, fast=fast_config(100),
+        world=NB03["default"].world, recipe=NB03["default"].recipe, fast=fast_config(50, strength=0.5),
         maco=MacoConfig(max_steps=128), proxy=ProxyConfig(max_steps=20, chain_steps=8)),
     "paper": EnergyDPSProfile(
         world=NB03["paper"].world, recipe=NB03["paper"].recipe, fast=fast_config(250),
         maco=MacoConfig(max_steps=1000, check_every=25), proxy=ProxyConfig(max_steps=100, chain_steps=50),
         n_features=100, n_per_unit=4, top_k=20, batch_size=8, n_paper_units=4, n_strength_units=100,
-        n_real_kid=1000, threads=None),
+        n_real_kid=1000),
 }
 
 

@@ -70,7 +70,7 @@ class PriorConfig:
     ema_power: float = 0.75
     # classifier-free guidance scale of the digit- and factor-conditional priors (Ho &
     # Salimans 2022): eps_u + w (eps_c - eps_u); sampling only, training ignores it
-    cond_guidance_scale: float = 3.0
+    cond_guidance_scale: float = 4.0
 
 
 @dataclass(frozen=True)
