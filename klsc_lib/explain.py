@@ -36,6 +36,8 @@ from typing import Any, Callable, Literal, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from klsc_lib.analysis.explanation_metrics import Concepts, PixelKNNReader, unit_concepts
+from klsc_lib.analysis.monosemanticity import dataset_factors
 from klsc_lib.baselines.dataset_search import DatasetSearchResult, dataset_search
 from klsc_lib.baselines.maco import MacoPrior, crop_resize, maco
 from klsc_lib.baselines.proxy_guidance import (DDIMChain, class_embedding_table, proxy_guidance,
@@ -393,9 +395,6 @@ def world_reader(world: World, n_reference: int = 5000
     independent of the explained backbone: the world's all-factor classifier (its
     heads, its penultimate layer) when it has one, else nearest real images in pixel
     space and pixels."""
-    from klsc_lib.analysis.explanation_metrics import PixelKNNReader
-    from klsc_lib.analysis.monosemanticity import dataset_factors
-
     clf = getattr(world, "factor_classifier", None)
     if clf is None:
         n = min(len(world.train), n_reference)
@@ -409,15 +408,13 @@ def world_reader(world: World, n_reference: int = 5000
     return (lambda x: read_factors(clf, x)), (lambda x: clf.features(x.to(device)).cpu()), "factor classifier"
 
 
-def _concepts_of(search: DatasetSearchResult, world: World, half: int):
-    from klsc_lib.analysis.explanation_metrics import unit_concepts
-    from klsc_lib.analysis.monosemanticity import dataset_factors
-
+def _concepts_of(search: DatasetSearchResult, world: World, half: int) -> Concepts:
+    """Concepts of the searched units, over the first ``half`` of ``world.test``."""
     sizes = {n: int(v.max()) + 1 for n, v in dataset_factors(world.train, world.factor_names).items()}
     return unit_concepts(search.ids_UK.numpy(), dataset_factors(world.test, world.factor_names, n=half), sizes)
 
 
-def true_concepts(units: Units, units_U: Sequence[int] | torch.Tensor, world: World, k: int = 20):
+def true_concepts(units: Units, units_U: Sequence[int] | torch.Tensor, world: World, k: int = 20) -> Concepts:
     """Each unit's true concept as notebook 04 fixes it (Sec 3.2-3.3): the best factor by
     chance-corrected purity over the unit's top-``k`` images in the first half of
     ``world.test`` (:func:`~klsc_lib.analysis.explanation_metrics.unit_concepts`)."""
@@ -434,7 +431,7 @@ class UnitDraw:
     units_U: torch.Tensor
     target_U: torch.Tensor
     search: DatasetSearchResult
-    concepts: object  # analysis.explanation_metrics.Concepts
+    concepts: Concepts
     drawn: int
     eligible: int
 

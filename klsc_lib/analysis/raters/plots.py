@@ -6,6 +6,7 @@ from typing import Mapping
 
 import matplotlib.pyplot as plt
 import numpy as np
+from scipy import stats
 
 from klsc_lib.analysis.raters.analysis import Estimate
 from klsc_lib.analysis.raters.packets import Packet
@@ -47,8 +48,6 @@ def paper_tables_figure(table4: Mapping, table6: Mapping, table7: Mapping, human
     """The paper's rater tables side by side: Table 6 per rater, Table 4 per rater kind
     (with the plain mean of Table 6's humans beside its Human column) and Table 7's
     success rates with Wilson 95 % intervals for 100 units per kind (App K.2)."""
-    from scipy import stats
-
     fig, axes = plt.subplots(1, 3, figsize=(15, 3.6), gridspec_kw={"width_ratios": [3, 2, 1.3]})
     bar_table(axes[0], table6, "paper Table 6: per rater")
     bar_table(axes[1], {m: {"Human": v["Human"], "mean of H1-4": human_mean[m], "GPT": v["GPT"],

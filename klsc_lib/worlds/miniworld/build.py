@@ -145,6 +145,7 @@ def _measure_quality(cfg: MiniWorldConfig, world: World, train: MiniWorldDataset
         emb_BD = torch.cat([fp.embed({}, n_u), fp.embed({"digit": labels_B}, n_c), fp.embed(asked, n_c)])
     x_T = torch.randn(n_u + 2 * n_c, 3, IMAGE_SIZE, IMAGE_SIZE, generator=gen).to(device)
     schedule = world.prior.schedule
+
     def model(x: torch.Tensor, t_B: torch.Tensor) -> torch.Tensor:  # conditional rows with guidance
         t_B = t_B.reshape(-1).expand(x.shape[0])
         return torch.cat([fp.eps(x[:n_u], t_B[:n_u], emb_BD[:n_u]),
