@@ -65,11 +65,18 @@ dev = resolve_device(device)
 seed_everything(seed)
 report = Report("03_sae_training", out_dir, profile, seed, dev)
 world = load_world(cfg.world, dev)
-record_world(report, world)
+record_world(report, world, quality_claims=True)
 world_key = {"world_config": config_hash(asdict(cfg.world))}
 print(world.name, "hook:", world.backbone.block_name, "| factors:", world.factor_names)
 
 # %% [markdown]
+# **What we see.** The world cell also records the mini-world's four quality targets as claims of
+# kind `ours`. On `default`, the prior's KID against held-out images (0.035 +- 0.020 on 1000
+# samples; train vs held-out 0.019) and its digit-conditional samples (100 % show the asked digit)
+# meet them. Two do not: the backbone's mean max-probability on prior samples is 0.927 (real
+# images 0.983; target 0.95), and the prior under-draws the brick background (19 % of samples,
+# 25 % of images; TV 0.117 against 0.1), whose faint lines the classifier reads as another texture.
+#
 # ## Our settings beside the paper's (App J.1)
 
 # %%

@@ -5,6 +5,8 @@ that the CI world builds from nothing through the public ``load_world``."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -121,6 +123,40 @@ def test_interrupted_training_resumes_from_its_checkpoints(tmp_path, monkeypatch
     assert_same_weights(reference_weights, cached_weights(TINY))
     assert resumed.quality["final_loss_prior"] == reference.quality["final_loss_prior"]
     assert resumed.quality["backbone_test_accuracy"] == reference.quality["backbone_test_accuracy"]
+    assert torch.equal(resumed.quality["samples_BCHW"], reference.quality["samples_BCHW"])
+
+
+def test_a_refine_stage_starts_from_the_unrefined_prior_and_resumes_exactly(tmp_path, monkeypatch):
+    refined = dataclasses.replace(TINY, prior=dataclasses.replace(TINY.prior, refine_steps=20, refine_lr=5e-4))
+    monkeypatch.setenv("KLSC_CACHE", str(tmp_path / "unrefined"))
+    build.load_miniworld(TINY, device="cpu", progress=False)
+    unrefined_prior = cached_weights(TINY)["prior"]
+    monkeypatch.setenv("KLSC_CACHE", str(tmp_path / "uninterrupted"))
+    reference = build.load_miniworld(refined, device="cpu", progress=False)
+    reference_weights = cached_weights(refined)
+
+    monkeypatch.setenv("KLSC_CACHE", str(tmp_path / "interrupted"))
+    seen: list[tuple[str, int]] = []
+    crash_at = [("prior_refine", 15)]  # once
+
+    def on_step(kind: str, step: int) -> None:
+        seen.append((kind, step))
+        if (kind, step) in crash_at:
+            crash_at.clear()
+            raise Crash
+    with pytest.raises(Crash):  # killed in the refine stage, after its checkpoint at step 10
+        build.load_miniworld(refined, device="cpu", progress=False, on_step=on_step)
+    folder = build.world_folder(refined)
+    assert ("prior", 40) in seen and not (folder / "ckpt_prior.pt").exists()
+    stage1 = load_file(folder / "prior_stage1.safetensors")
+    assert stage1.keys() == unrefined_prior.keys()
+    assert all(torch.equal(stage1[k], unrefined_prior[k]) for k in stage1)  # stage 1 is the unrefined prior
+    seen.clear()
+    resumed = build.load_miniworld(refined, device="cpu", progress=False, on_step=on_step)
+    assert seen[0] == ("prior_refine", 11) and resumed.quality["trained_now"] == ["prior", "factor_classifier"]
+    assert not (folder / "prior_stage1.safetensors").exists() and not (folder / "ckpt_prior_refine.pt").exists()
+    assert_same_weights(reference_weights, cached_weights(refined))
+    assert any(not torch.equal(reference_weights["prior"][k], unrefined_prior[k]) for k in unrefined_prior)
     assert torch.equal(resumed.quality["samples_BCHW"], reference.quality["samples_BCHW"])
 
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from klsc_lib.analysis.raters import (Rating, SimulatedRater, description_variance, expected_score,
-                                      krippendorff_alpha, mean_scores, paired_wilcoxon, simulate_ratings,
+from klsc_lib.analysis.raters import (Rating, SimulatedRater, best_method_per_rater, description_variance,
+                                      expected_score, krippendorff_alpha, mean_scores, paired_wilcoxon, simulate_ratings,
                                       success_rate, text_encoder, weighted_variance)
 from klsc_lib.analysis.raters.simulate import (concept_fraction, describe_from_factors, planted_sample_sets,
                                                planted_study)
@@ -102,6 +102,16 @@ def test_analysis_recovers_planted_means_and_ordering():
     assert test.mean_diff == pytest.approx(planted, abs=0.15)
     alpha = krippendorff_alpha(ratings)
     assert 0.2 < alpha < 0.9
+
+
+def test_best_method_per_rater_on_hand_scores_keeps_ties():
+    scores = {("A", "MACO"): [4, 2], ("A", "EnergyDPS"): [3, 4], ("B", "MACO"): [3, 3], ("B", "EnergyDPS"): [2, 4],
+              ("C", "MACO"): [1, 1], ("C", "EnergyDPS"): [1, 2]}
+    rows = [Rating(f"f{i}", m, r, "human", v, "") for (r, m), vs in scores.items() for i, v in enumerate(vs)]
+    per_rater = mean_scores(rows, by="rater", n_resamples=50, seed=0)
+    # A: MACO 3.0 < EnergyDPS 3.5; B: 3.0 = 3.0 (a tie); C: 1.0 < 1.5; TopK is not asked about
+    assert best_method_per_rater(per_rater, ["MACO", "EnergyDPS", "TopK"]) == {
+        "A": ["EnergyDPS"], "B": ["MACO", "EnergyDPS"], "C": ["EnergyDPS"]}
 
 
 def test_success_rate_against_planted_fraction():

@@ -16,6 +16,7 @@ from klsc_lib.worlds.miniworld.models import build_convnext, build_unet, hooked_
 from klsc_lib.report import Report
 from klsc_lib.interfaces import ConditionalPrior, World
 from klsc_lib.viz.world import record_world
+from klsc_lib.worlds.miniworld.quality import QUALITY_TARGETS, targets_met
 from klsc_lib.worlds import load_world
 
 
@@ -113,6 +114,26 @@ def test_record_world_writes_metrics_and_a_grid(tmp_path):
     assert not any("samples" in k for k in metrics)
     image = matplotlib.image.imread(tmp_path / "world.png")
     assert image.ndim == 3 and image.shape[1] > image.shape[0]  # two panels side by side
+
+
+def test_record_world_turns_the_quality_targets_into_claims_of_kind_ours(tmp_path):
+    world = untrained_world()
+    measured = {"kid_prior_vs_test": 0.04, "kid_prior_vs_test_std": 0.02, "kid_train_vs_test_reference": 0.01,
+                "prior_mean_max_prob": 0.9, "test_mean_max_prob": 0.98, "cond_prior_digit_accuracy": 1.0,
+                "prior_factor_tv_to_test": {"digit": 0.05, "background": 0.12}, "num_quality_samples": 1000}
+    world.quality = {**measured, "quality_targets": QUALITY_TARGETS, "quality_targets_met": targets_met(measured)}
+    report = Report("00_test", tmp_path, "default", 0, "cpu")
+    record_world(report, world)
+    assert report.claims == []  # only where asked
+    record_world(report, world, quality_claims=True)
+    verdicts = {c.id: (c.holds, c.kind) for c in report.claims}
+    assert verdicts == {"world_prior_kid": (True, "ours"), "world_prior_recognised": (False, "ours"),
+                        "world_cond_digits": (True, "ours"), "world_factor_marginals": (False, "ours")}
+    assert report.claims[0].ours == {"kid": 0.04, "sd": 0.02, "train_vs_test": 0.01}
+
+    report = Report("00_test", tmp_path, "default", 0, "cpu")
+    record_world(report, untrained_world(), quality_claims=True)  # a world without targets records no claim
+    assert report.claims == []
 
 
 def test_config_validation():

@@ -20,9 +20,38 @@ def _image_grid(images_BCHW: torch.Tensor, ncol: int) -> torch.Tensor:
     return grid.permute(1, 2, 0).squeeze(-1)
 
 
-def record_world(report, world: World, num_images: int = 32) -> None:
-    """Write ``world.quality`` as metrics (prefixed ``world/``; tensors skipped) and one
-    PNG (``world``) into a :class:`klsc_lib.report.Report`: held-out world images beside
+def _record_quality_claims(report, quality: dict) -> None:
+    """The mini-world's quality targets (``quality["quality_targets"]``, set by the
+    builder) as claims of kind ``ours``, with the verdicts measured when it was built."""
+    targets, met = quality.get("quality_targets"), quality.get("quality_targets_met")
+    if targets is None or met is None:
+        return
+    ref = "App J.4 (the prior EnergyDPS guides)"
+    n = quality["num_quality_samples"]
+    report.claim("world_prior_kid", ref, f"KID of {n} unconditional prior samples vs held-out images (backbone "
+                 f"features) <= {targets['kid_prior_vs_test_max']}",
+                 {"kid": quality["kid_prior_vs_test"], "sd": quality["kid_prior_vs_test_std"],
+                  "train_vs_test": quality["kid_train_vs_test_reference"]}, None, met["kid_prior_vs_test"],
+                 kind="ours", threshold=targets["kid_prior_vs_test_max"])
+    report.claim("world_prior_recognised", ref, "the backbone's mean max-probability on prior samples >= "
+                 f"{targets['prior_mean_max_prob_min']}",
+                 {"samples": quality["prior_mean_max_prob"], "real_held_out": quality["test_mean_max_prob"]}, None,
+                 met["prior_mean_max_prob"], kind="ours", threshold=targets["prior_mean_max_prob_min"])
+    report.claim("world_cond_digits", ref, "digit-conditional samples show the asked digit (factor classifier) >= "
+                 f"{targets['cond_prior_digit_accuracy_min']:.0%} of the time",
+                 quality["cond_prior_digit_accuracy"], None, met["cond_prior_digit_accuracy"], kind="ours",
+                 threshold=targets["cond_prior_digit_accuracy_min"])
+    report.claim("world_factor_marginals", ref, "every factor's marginal over prior samples (factor classifier) is "
+                 f"within TV {targets['prior_factor_tv_max']} of the held-out images'",
+                 quality["prior_factor_tv_to_test"], None, met["prior_factor_tv"], kind="ours",
+                 threshold=targets["prior_factor_tv_max"])
+
+
+def record_world(report, world: World, num_images: int = 32, quality_claims: bool = False) -> None:
+    """Write ``world.quality`` as metrics (prefixed ``world/``; tensors skipped), with
+    ``quality_claims`` its quality targets as claims of kind ``ours`` (where the world has
+    some; one notebook records them) and one PNG (``world``) into a
+    :class:`klsc_lib.report.Report`: held-out world images beside
     the prior samples the quality was measured on (``quality["samples_BCHW"]`` and
     ``quality["cond_samples_BCHW"]``, where the builder kept them)."""
     import matplotlib.pyplot as plt
@@ -31,6 +60,8 @@ def record_world(report, world: World, num_images: int = 32) -> None:
     for key, value in world.quality.items():
         if not isinstance(value, torch.Tensor):
             report.metric(f"world/{key}", value)
+    if quality_claims:
+        _record_quality_claims(report, world.quality)
     n = min(num_images, len(world.test))
     panels = []
     if n:  # the paper world has no images unless an image folder is configured

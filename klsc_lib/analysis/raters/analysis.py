@@ -9,6 +9,7 @@ descriptions is their score-weighted variance in a text-embedding space (App K).
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -88,6 +89,19 @@ def mean_scores(ratings: Sequence[Rating], by: str = "rater", unit_kind: str = "
             out[method][g] = bootstrap_mean(list(feature_means(ratings, method, unit_kind=unit_kind, **kw).values()),
                                             **bootstrap_kw)
     return out
+
+
+def best_method_per_rater(per_rater: dict[str, dict[str, Estimate]], methods: Sequence[str]) -> dict[str, list[str]]:
+    """rater -> the methods among ``methods`` with that rater's highest mean score in
+    ``per_rater`` (``mean_scores(..., by="rater")``); ties keep every tied method, so
+    "EnergyDPS is best for every rater" (Sec 3.3, Table 4) needs it alone at the top."""
+    raters = sorted({r for m in methods for r in per_rater.get(m, {})})
+    best = {}
+    for r in raters:
+        scores = {m: per_rater[m][r].mean for m in methods if r in per_rater.get(m, {})}
+        top = max(scores.values())
+        best[r] = [m for m in methods if m in scores and math.isclose(scores[m], top, rel_tol=0, abs_tol=1e-12)]
+    return best
 
 
 def success_rate(ratings: Sequence[Rating], method: str, unit_kind: str,

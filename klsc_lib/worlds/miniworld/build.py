@@ -8,7 +8,9 @@ Cache layout, ``cache_dir()/miniworld/<miniworld_hash(cfg)>/``:
 - ``config.json``                          the config and its hash;
 - ``backbone.safetensors``, ``prior.safetensors``, ``factor_classifier.safetensors``: final
   weights (the prior's are its EMA);
-- ``ckpt_<kind>.pt``                       checkpoints of an unfinished run (resumed, then removed);
+- ``ckpt_<kind>.pt``, ``ckpt_prior_refine.pt``  checkpoints of an unfinished run (resumed, then removed);
+- ``prior_stage1.safetensors``             the prior's first stage while its refine stage
+  (``PriorConfig.refine_steps``) runs (then removed);
 - ``samples.safetensors``, ``quality.json``  quality samples and metrics, written last.
 
 A second load with the same config is a cache hit: nothing is trained or sampled. A
@@ -262,11 +264,27 @@ def load_miniworld(cfg: MiniWorldConfig, device: str | torch.device = "auto", pr
             on_step=hook("backbone"))
 
     def train_prior(model: nn.Module) -> tuple[nn.Module, list[float]]:
-        return train_resumable(
-            model, _prior_loss(train, cfg, device), steps=pcfg.steps, lr=pcfg.lr, seed=cfg.seed + 1,
-            checkpoint_path=folder / "ckpt_prior.pt", checkpoint_every=cfg.checkpoint_every,
-            ema_decay=pcfg.ema_decay, ema_power=pcfg.ema_power, desc=f"{cfg.name} prior", progress=progress,
-            on_step=hook("prior"))
+        loss = _prior_loss(train, cfg, device)
+        stage1 = folder / "prior_stage1.safetensors"  # kept until the refined prior is saved
+        losses: list[float] = []  # of stage 1, unless it finished in an earlier (interrupted) run
+        if not (pcfg.refine_steps and _read_or_discard(stage1, lambda p: load_model(model, str(p))) is not None):
+            model, losses = train_resumable(
+                model, loss, steps=pcfg.steps, lr=pcfg.lr, seed=cfg.seed + 1,
+                checkpoint_path=folder / "ckpt_prior.pt", checkpoint_every=cfg.checkpoint_every,
+                ema_decay=pcfg.ema_decay, ema_power=pcfg.ema_power, desc=f"{cfg.name} prior", progress=progress,
+                on_step=hook("prior"))
+            if not pcfg.refine_steps:
+                return model, losses
+            _save_model(model, stage1)
+            (folder / "ckpt_prior.pt").unlink(missing_ok=True)
+        model, refine_losses = train_resumable(
+            model.requires_grad_(True), loss, steps=pcfg.refine_steps, lr=pcfg.refine_lr, seed=cfg.seed + 3,
+            checkpoint_path=folder / "ckpt_prior_refine.pt", checkpoint_every=cfg.checkpoint_every,
+            ema_decay=pcfg.ema_decay, ema_power=pcfg.ema_power, desc=f"{cfg.name} prior (refine)",
+            progress=progress, on_step=hook("prior_refine"))
+        stage1.unlink()
+        (folder / "ckpt_prior_refine.pt").unlink(missing_ok=True)
+        return model, losses + refine_losses
 
     def train_classifier(model: nn.Module) -> tuple[nn.Module, list[float]]:
         return train_resumable(

@@ -68,6 +68,11 @@ class PriorConfig:
     p_drop_factor: float = 0.3
     ema_decay: float = 0.9995  # maximum decay of diffusers' EMAModel (with warm-up)
     ema_power: float = 0.75
+    # a second stage from the first stage's EMA weights: a fresh AdamW and EMA, warm-up and
+    # cosine decay again from ``refine_lr`` (a warm restart, Loshchilov & Hutter 2017), so
+    # a longer schedule can extend a finished one; 0 skips it
+    refine_steps: int = 0
+    refine_lr: float = 3e-4
     # classifier-free guidance scale of the digit- and factor-conditional priors (Ho &
     # Salimans 2022): eps_u + w (eps_c - eps_u); sampling only, training ignores it
     cond_guidance_scale: float = 4.0
@@ -120,5 +125,5 @@ MINIWORLD = {
                           beta_start=1e-3, beta_end=0.2, steps=120, batch_size=64, ema_decay=0.9),
         factor_classifier=FactorClassifierConfig(channels=(8, 16, 32), steps=60, batch_size=64),
         num_quality_samples=32, num_cond_quality_samples=20, quality_sampling_steps=50, checkpoint_every=40),
-    "default": MiniWorldConfig(name="miniworld"),  # shipped in weights/<hash>/ (make miniworld REBUILD=1)
+    "default": MiniWorldConfig(name="miniworld", prior=PriorConfig(refine_steps=9000)),  # shipped in weights/<hash>/ (make miniworld REBUILD=1)
 }
