@@ -27,8 +27,8 @@
 # steps, the gradient through the denoiser, strength x steps half the paper's 1.0 x 1000,
 # batches mixing features) and time the paper's configuration (1000 steps) beside it at
 # matched activation. All samples go to the samples store. How we chose it, on 12 features of
-# this world with its previous prior (the first 7000-step training stage): Jacobian-free guidance is a third cheaper per step but left high-frequency
-# colour patterns at matched psi; with the Jacobian at the paper's full strength x steps, a
+# this world with its previous prior (the first 7000-step training stage): Jacobian-free
+# guidance is a third cheaper per step but left high-frequency colour patterns at matched psi; with the Jacobian at the paper's full strength x steps, a
 # full run of this notebook turned both Fig 4 features (a size and a position feature) into
 # colour noise (concept accuracy 0.475, KID in the factor classifier's features 1.31); half
 # the strength reaches the same calibrated psi with cleaner samples.

@@ -148,13 +148,13 @@ def test_a_refine_stage_starts_from_the_unrefined_prior_and_resumes_exactly(tmp_
         build.load_miniworld(refined, device="cpu", progress=False, on_step=on_step)
     folder = build.world_folder(refined)
     assert ("prior", 40) in seen and not (folder / "ckpt_prior.pt").exists()
-    stage1 = load_file(folder / "prior_stage1.safetensors")
+    stage1 = load_file(folder / "ckpt_prior_stage1.safetensors")
     assert stage1.keys() == unrefined_prior.keys()
     assert all(torch.equal(stage1[k], unrefined_prior[k]) for k in stage1)  # stage 1 is the unrefined prior
     seen.clear()
     resumed = build.load_miniworld(refined, device="cpu", progress=False, on_step=on_step)
     assert seen[0] == ("prior_refine", 11) and resumed.quality["trained_now"] == ["prior", "factor_classifier"]
-    assert not (folder / "prior_stage1.safetensors").exists() and not (folder / "ckpt_prior_refine.pt").exists()
+    assert not (folder / "ckpt_prior_stage1.safetensors").exists() and not (folder / "ckpt_prior_refine.pt").exists()
     assert_same_weights(reference_weights, cached_weights(refined))
     assert any(not torch.equal(reference_weights["prior"][k], unrefined_prior[k]) for k in unrefined_prior)
     assert torch.equal(resumed.quality["samples_BCHW"], reference.quality["samples_BCHW"])

@@ -10,8 +10,8 @@ import pytest
 from scipy import stats
 
 from klsc_lib.analysis.raters import (Rating, SimulatedRater, best_method_per_rater, description_variance,
-                                      expected_score, krippendorff_alpha, mean_scores, paired_wilcoxon, simulate_ratings,
-                                      success_rate, text_encoder, weighted_variance)
+                                      expected_score, krippendorff_alpha, mean_scores, paired_wilcoxon,
+                                      simulate_ratings, success_rate, text_encoder, weighted_variance)
 from klsc_lib.analysis.raters.simulate import (concept_fraction, describe_from_factors, planted_sample_sets,
                                                planted_study)
 

@@ -12,7 +12,7 @@ from klsc_lib.analysis.raters.ratings import Rating, RatingsError, load_ratings,
 from klsc_lib.analysis.raters.simulate import SimulatedRater, expected_score, simulate_ratings
 
 __all__ = ["Answer", "ChatRater", "parse_answer", "Estimate", "PairedTest", "best_method_per_rater", "bootstrap_mean",
-           "description_variance", "feature_means", "krippendorff_alpha", "mean_scores", "paired_wilcoxon", "success_rate",
-           "weighted_variance", "text_encoder", "Packet", "SampleSet", "read_key", "unblind", "write_packet",
+           "description_variance", "feature_means", "krippendorff_alpha", "mean_scores", "paired_wilcoxon",
+           "success_rate", "weighted_variance", "text_encoder", "Packet", "SampleSet", "read_key", "unblind", "write_packet",
            "RUBRIC", "SYSTEM_PROMPT", "USER_PROMPT", "Rating", "RatingsError", "load_ratings", "write_ratings",
            "SimulatedRater", "expected_score", "simulate_ratings"]

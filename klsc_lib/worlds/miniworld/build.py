@@ -8,9 +8,10 @@ Cache layout, ``cache_dir()/miniworld/<miniworld_hash(cfg)>/``:
 - ``config.json``                          the config and its hash;
 - ``backbone.safetensors``, ``prior.safetensors``, ``factor_classifier.safetensors``: final
   weights (the prior's are its EMA);
-- ``ckpt_<kind>.pt``, ``ckpt_prior_refine.pt``  checkpoints of an unfinished run (resumed, then removed);
-- ``prior_stage1.safetensors``             the prior's first stage while its refine stage
-  (``PriorConfig.refine_steps``) runs (then removed);
+- ``ckpt_<kind>*``                         what an unfinished run keeps to resume (removed once ``kind``'s
+  final weights are saved): ``ckpt_<kind>.pt``; for a prior with a refine stage
+  (``PriorConfig.refine_steps``) also its finished first stage ``ckpt_prior_stage1.safetensors``
+  and ``ckpt_prior_refine.pt``;
 - ``samples.safetensors``, ``quality.json``  quality samples and metrics, written last.
 
 A second load with the same config is a cache hit: nothing is trained or sampled. A
@@ -120,7 +121,8 @@ def _trained(kind: str, model: nn.Module, folder: Path, train: Callable[[nn.Modu
     stats[f"final_loss_{kind}"] = sum(losses[-50:]) / len(losses[-50:])
     stats[f"num_params_{kind}"] = sum(p.numel() for p in final.parameters())
     _save_model(final, path)
-    (folder / f"ckpt_{kind}.pt").unlink(missing_ok=True)
+    for checkpoint in folder.glob(f"ckpt_{kind}*"):
+        checkpoint.unlink()
     # the same state as a cache hit: eval mode, frozen (a freshly built world must compute
     # exactly what a loaded one computes)
     return final.eval().requires_grad_(False)
@@ -265,9 +267,10 @@ def load_miniworld(cfg: MiniWorldConfig, device: str | torch.device = "auto", pr
 
     def train_prior(model: nn.Module) -> tuple[nn.Module, list[float]]:
         loss = _prior_loss(train, cfg, device)
-        stage1 = folder / "prior_stage1.safetensors"  # kept until the refined prior is saved
+        stage1 = folder / "ckpt_prior_stage1.safetensors"
+        stage1_done = pcfg.refine_steps and _read_or_discard(stage1, lambda p: load_model(model, str(p))) is not None
         losses: list[float] = []  # of stage 1, unless it finished in an earlier (interrupted) run
-        if not (pcfg.refine_steps and _read_or_discard(stage1, lambda p: load_model(model, str(p))) is not None):
+        if not stage1_done:
             model, losses = train_resumable(
                 model, loss, steps=pcfg.steps, lr=pcfg.lr, seed=cfg.seed + 1,
                 checkpoint_path=folder / "ckpt_prior.pt", checkpoint_every=cfg.checkpoint_every,
@@ -276,14 +279,12 @@ def load_miniworld(cfg: MiniWorldConfig, device: str | torch.device = "auto", pr
             if not pcfg.refine_steps:
                 return model, losses
             _save_model(model, stage1)
-            (folder / "ckpt_prior.pt").unlink(missing_ok=True)
+            (folder / "ckpt_prior.pt").unlink(missing_ok=True)  # superseded by the finished stage
         model, refine_losses = train_resumable(
             model.requires_grad_(True), loss, steps=pcfg.refine_steps, lr=pcfg.refine_lr, seed=cfg.seed + 3,
             checkpoint_path=folder / "ckpt_prior_refine.pt", checkpoint_every=cfg.checkpoint_every,
             ema_decay=pcfg.ema_decay, ema_power=pcfg.ema_power, desc=f"{cfg.name} prior (refine)",
             progress=progress, on_step=hook("prior_refine"))
-        stage1.unlink()
-        (folder / "ckpt_prior_refine.pt").unlink(missing_ok=True)
         return model, losses + refine_losses
 
     def train_classifier(model: nn.Module) -> tuple[nn.Module, list[float]]:

@@ -125,5 +125,6 @@ MINIWORLD = {
                           beta_start=1e-3, beta_end=0.2, steps=120, batch_size=64, ema_decay=0.9),
         factor_classifier=FactorClassifierConfig(channels=(8, 16, 32), steps=60, batch_size=64),
         num_quality_samples=32, num_cond_quality_samples=20, quality_sampling_steps=50, checkpoint_every=40),
-    "default": MiniWorldConfig(name="miniworld", prior=PriorConfig(refine_steps=9000)),  # shipped in weights/<hash>/ (make miniworld REBUILD=1)
+    # shipped in weights/<hash>/ (make miniworld REBUILD=1): 7000 + 9000 prior steps
+    "default": MiniWorldConfig(name="miniworld", prior=PriorConfig(refine_steps=9000)),
 }
