@@ -12,7 +12,7 @@ PROFILE ?= default
 export HF_HUB_OFFLINE := 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup figures test bench sync clean-figures miniworld lab
+.PHONY: setup figures test bench sync clean-figures miniworld lab screenshot
 
 setup: $(STAMP)
 
@@ -34,6 +34,11 @@ figures: $(STAMP)
 test: $(STAMP)
 	OMP_NUM_THREADS=1 $(PYTHON) -m pytest; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
+
+# Refresh the README's inspector screenshot (JupyterLab in headless Chromium, smoke world).
+screenshot: $(STAMP)
+	KLSC_INSPECTOR_SCREENSHOT=$(CURDIR)/figures/inspector/inspector.png OMP_NUM_THREADS=1 \
+	$(PYTHON) -m pytest -q tests/test_inspector_browser.py
 
 bench: $(STAMP)
 	$(PYTHON) -m benchmarks

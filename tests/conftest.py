@@ -1,4 +1,4 @@
-"""Test isolation: no hub downloads, a throw-away TORCH_HOME, and a per-session
+"""Test isolation: no hub downloads, one OpenMP thread, a throw-away TORCH_HOME, and a per-session
 KLSC_CACHE (so a test run starts from nothing unless KLSC_CACHE is set by CI)."""
 
 from __future__ import annotations
@@ -7,6 +7,9 @@ import os
 import tempfile
 
 os.environ["HF_HUB_OFFLINE"] = "1"
+# as `make test`: one OpenMP thread per process, so the pipeline's 2-process run picks the same
+# conv kernels as the single-process run it is compared with bit for bit (tests/test_pipeline.py)
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
 os.environ["TORCH_HOME"] = tempfile.mkdtemp(prefix="klsc-torch-home-")
 os.environ.setdefault("KLSC_CACHE", tempfile.mkdtemp(prefix="klsc-cache-"))
