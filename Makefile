@@ -37,8 +37,7 @@ test: $(STAMP)
 
 # Refresh the README's inspector screenshot (JupyterLab in headless Chromium, smoke world).
 screenshot: $(STAMP)
-	KLSC_INSPECTOR_SCREENSHOT=$(CURDIR)/figures/inspector/inspector.png OMP_NUM_THREADS=1 \
-	$(PYTHON) -m pytest -q tests/test_inspector_browser.py
+	KLSC_INSPECTOR_SCREENSHOT=$(CURDIR)/figures/inspector/inspector.png $(PYTHON) -m pytest -q tests/test_inspector_browser.py
 
 bench: $(STAMP)
 	$(PYTHON) -m benchmarks
