@@ -71,11 +71,12 @@ print(world.name, "hook:", world.backbone.block_name, "| factors:", world.factor
 
 # %% [markdown]
 # **What we see.** The world cell also records the mini-world's four quality targets as claims of
-# kind `ours`. On `default`, the prior's KID against held-out images (0.035 +- 0.020 on 1000
+# kind `ours`. On `default`, the prior's KID against held-out images (0.029 +- 0.022 on 1000
 # samples; train vs held-out 0.019) and its digit-conditional samples (100 % show the asked digit)
-# meet them. Two do not: the backbone's mean max-probability on prior samples is 0.927 (real
-# images 0.983; target 0.95), and the prior under-draws the brick background (19 % of samples,
-# 25 % of images; TV 0.117 against 0.1), whose faint lines the classifier reads as another texture.
+# meet them. Two do not: the backbone's mean max-probability on prior samples is 0.941 +- 0.004
+# (real images 0.983; target 0.95), and the prior under-draws the brick background (17 % of
+# samples, 25 % of images; TV 0.127 +- 0.019 against 0.1), whose faint lines the classifier reads
+# as another texture.
 #
 # ## Our settings beside the paper's (App J.1)
 

@@ -27,11 +27,12 @@
 # steps, the gradient through the denoiser, strength x steps half the paper's 1.0 x 1000,
 # batches mixing features) and time the paper's configuration (1000 steps) beside it at
 # matched activation. All samples go to the samples store. How we chose it, on 12 features of
-# this world with its previous prior (the first 7000-step training stage): Jacobian-free
-# guidance is a third cheaper per step but left high-frequency colour patterns at matched psi; with the Jacobian at the paper's full strength x steps, a
-# full run of this notebook turned both Fig 4 features (a size and a position feature) into
-# colour noise (concept accuracy 0.475, KID in the factor classifier's features 1.31); half
-# the strength reaches the same calibrated psi with cleaner samples.
+# this world with an earlier prior (its first 7000-step training stage): Jacobian-free
+# guidance is a third cheaper per step but left high-frequency colour patterns at matched psi;
+# with the Jacobian at the paper's full strength x steps, a full run of this notebook turned
+# both Fig 4 features (a size and a position feature) into colour noise (concept accuracy
+# 0.475, KID in the factor classifier's features 1.31); half the strength reaches the same
+# calibrated psi with cleaner samples.
 
 # %% tags=["parameters"]
 profile = "default"  # smoke | default | paper
@@ -132,12 +133,13 @@ plt.show()
 # **What we see.** Each caption gives the row's mean psi against the feature's target t:
 # the top-k row is t by construction; a generated row far above t overshot (the cap bounds the
 # gradient, not the value), far below t fell short. On the smoke world (an untrained prior)
-# the generated rows are noise. On `default`, EnergyDPS reaches t on both features; for the
-# size feature (4) its four samples are clean digits, two of them small and at the left edge as
-# in the top images, two large 9s, so half show the concept (size = 0); for the position
-# feature (77) three samples are digits and one is colour noise: guidance still finds
-# adversarial patterns on spatial features. DiffExplainer-style samples are clean digits that
-# fall short of t (0.33 / 0.69 and 1.13 / 2.18); MACO gives colour fields.
+# the generated rows are noise. On `default`, EnergyDPS comes within 10 % of t on both features
+# (0.62 / 0.69 and 2.23 / 2.18). For the size feature (4) three of its four samples are small
+# digits at the left or top edge, as in the top images (the concept is size = 0), the fourth a
+# large smeared 2; for the position feature (77) every sample holds a digit, but three carry
+# patches of colour noise beside it: guidance still finds adversarial patterns on spatial
+# features. DiffExplainer-style samples are clean digits that fall short of t (0.33 / 0.69 and
+# 0.96 / 2.18); MACO gives colour fields.
 #
 # ## Table 3 analogue: activation, KID, concept accuracy, high frequencies, diversity
 # Concept accuracy: a factor reader that is not the explained backbone (the world's
@@ -183,18 +185,21 @@ report.claim("energydps_matched", "Sec 3.2", "calibrated EnergyDPS reaches t wit
              rows["EnergyDPS"]["psi_over_t"], 1.0, bool(reached), kind="ours", threshold=0.05)
 
 # %% [markdown]
-# **What we see.** On `default` (50 features x 4 samples): EnergyDPS reaches t (psi/t 1.02,
-# 95 % CI 0.98-1.05) but has the lowest KID in neither feature space: in the backbone's it has 0.19
-# against DiffExplainer's 0.15 (which stays near the prior and reaches only 12 % of t) and MACO's
-# 1.50; in the factor classifier's 0.18 against 0.095 and 0.28. Its concept accuracy (0.47, CI
-# 0.375-0.565) is level with DiffExplainer's (0.465) and below MACO's (0.53, whose steps are
-# calibrated on the same psi); the real top-4 images reach 0.76 and unguided samples 0.355. MACO
-# has the most high-frequency energy (0.193) and EnergyDPS the least (0.165). So of the paper's
-# four Table 3 claims one holds (MACO's high frequencies) and three do not (KID in both spaces,
-# concept accuracy); each is in the ledger. These verdicts move with the prior: with the
-# previous one (7000 steps, KID 0.056) EnergyDPS had the lowest KID in the factor classifier's
-# features (0.045) and MACO not the most high frequencies. KID pools only 200 samples per method:
-# the "separated by 1 SD" flag says whether KID can rank the methods at all at this size.
+# **What we see.** On `default` (50 features x 4 samples): EnergyDPS reaches t (psi/t 0.98,
+# 95 % CI 0.95-1.02) and has the lowest KID in the backbone's features, but only just: 0.095 +-
+# 0.058 against DiffExplainer's 0.103 +- 0.057 (which stays near the prior and reaches only 16 %
+# of t) and MACO's 1.50, so not separated by 1 SD. In the factor classifier's features it has the
+# highest: 0.46 against 0.092 and 0.28 (the colour-noise patches of the spatial features, Fig 4,
+# are a likely cause). Its concept accuracy (0.51, CI 0.425-0.60) is above DiffExplainer's (0.46)
+# and below MACO's (0.53, whose steps are calibrated on the same psi); the real top-4 images reach
+# 0.76 and unguided samples 0.33. MACO has the most high-frequency energy (0.193; EnergyDPS 0.176,
+# DiffExplainer 0.175). So of the paper's four Table 3 claims two hold (backbone KID, narrowly;
+# MACO's high frequencies) and two do not (KID in the factor classifier's features, concept
+# accuracy); each is in the ledger. These verdicts move with the prior: with the previous one
+# (16000 steps, max-probability 0.927) EnergyDPS's KIDs were 0.19 and 0.18, second of three in
+# both spaces; with a 7000-step prior it had the lowest KID in the factor classifier's features
+# (0.045). KID pools only 200 samples per method: the
+# "separated by 1 SD" flag says whether KID can rank the methods at all at this size.
 #
 # ## Table 10: guidance strength (uncapped), activation and KID rise together (App L.2.3)
 
@@ -212,9 +217,9 @@ report.claim("strength_activation_and_kid_rise", "App L.2.3, Table 10", "activat
              "guidance strength", abl, [(r["mean_activation"], r["kid"]) for r in TABLE10], rise, kind="paper")
 
 # %% [markdown]
-# **What we see.** Mean psi rises with the strength (0.07, 0.68, 0.93, 1.48 at 0, 100, 300,
-# 1000 in strength x steps) and KID rises from x0.6 on (0.18, then 1.48 at the paper's strength
-# x steps), but at x0.2 it is 0.020 against 0.10 unguided, inside KID's noise on 128 samples,
+# **What we see.** Mean psi rises with the strength (0.06, 0.71, 0.90, 1.33 at 0, 100, 300,
+# 1000 in strength x steps) and KID rises from x0.6 on (0.12, then 1.62 at the paper's strength
+# x steps), but at x0.2 it is 0.050 against 0.066 unguided, inside KID's noise on 128 samples,
 # so the strict "both rise at every step" claim does not hold; the shape is the paper's
 # (KID grows fastest at the largest strength).
 #
@@ -225,7 +230,7 @@ f0, i0 = int(feats[show[0]]), int(show[0])
 levels = torch.tensor(cfg.shift_levels).repeat_interleave(2) * target[i0]
 x, psi = energy_dps_samples(world.prior, units, torch.full((len(levels),), f0), levels, cfg.fast,
                             [0, 1] * len(cfg.shift_levels))
-fig = strip(x, [f"cap {c:.1f}t\npsi {p:.2f}" for c, p in zip(cfg.shift_levels, psi.reshape(-1, 2).mean(1))],
+fig = strip(x, [f"cap {c:g}t\npsi {p:.2f}" for c, p in zip(cfg.shift_levels, psi.reshape(-1, 2).mean(1))],
             f"Semantic shift (App L.3): feature {f0} at rising caps", rows=2)
 report.savefig(fig, "l3_semantic_shift")
 plt.show()
@@ -240,14 +245,15 @@ plt.show()
 report.metric("l5_drift", [(d.omega, d.mean_psi, d.p_task) for d in drift], note="(omega, mean psi, P(task class))")
 
 # %% [markdown]
-# **What we see.** Semantic shift (L.3): psi follows the cap up to t (0.34 at 0.2 t, 0.66 at t)
-# and saturates at 0.69 above it. The first seed keeps a small digit at the left edge at every cap
-# (the feature's concept is size = 0), the second grows a large digit and washes its background
-# out from the cap t on: on this feature the cap changes the image but does not shift it towards
-# one meaning. Object drift (L.5): with the task logit added, P(task class) under the backbone's
-# head jumps from 0.00 to 0.55-0.81 while the feature's own psi falls from 0.53 to about zero
-# (and below it at omega 8, where samples turn to colour noise): the task term takes over the
-# explanation, the drift of App L.5.
+# **What we see.** Semantic shift (L.3): psi follows the cap up to t (0.25 at 0.25 t, 0.63 at t)
+# and saturates at 0.68 above it. The first seed draws a small digit at the top-left edge at low
+# caps, adds blobs of orange and blue noise beside it from the cap t on and becomes a large green
+# digit at 2 t; the second goes from a small digit (0.25 t) through a large one (0.5 t) to a small
+# blue 6 at the top-left edge from t on. The images change with the cap, but not towards one
+# meaning: no clean semantic shift on this feature. Object drift (L.5): with the task logit
+# added, P(task class) under the backbone's head jumps from 0.00 to 0.25-0.61 while the
+# feature's own psi falls from 0.66 to below zero, and from omega 2 on samples turn to colour
+# noise: the task term takes over the explanation, the drift of App L.5.
 #
 # ## Table 11: cost per sample (this machine), and fast vs paper configuration
 
@@ -275,13 +281,13 @@ report.claim("fast_10x_cheaper", "App L.4 (ours)", "at matched activation (the f
              kind="ours", threshold=10)
 
 # %% [markdown]
-# **What we see.** `paper_config` with its cap at t overshoots a little, to 1.07 t (the cap bounds
-# the gradient, not the value), at 4.6 s per sample on this CPU. The fast configuration,
-# calibrated towards that level, stops at 0.96 t, 10 % short, at 0.23 s per sample: 20x cheaper,
-# 1.9 s per sample counting its 7 calibration passes. The gap is outside the 5 % that "matched"
+# **What we see.** `paper_config` with its cap at t overshoots a little, to 1.09 t (the cap bounds
+# the gradient, not the value), at 4.9 s per sample on this CPU. The fast configuration,
+# calibrated towards that level, stops at 0.86 t, 21 % short, at 0.25 s per sample: 19x cheaper,
+# 2.0 s per sample counting its 7 calibration passes. The gap is outside the 5 % that "matched"
 # allows, so the "10x cheaper at matched activation" claim is recorded as not holding; concept
-# accuracy is 0.75 (paper) and 0.625 (fast) on these 8 samples. MACO costs 0.67 s and
-# DiffExplainer 0.30 s per sample (calibration included), EnergyDPS 0.69 s with its calibration
+# accuracy is 0.625 (paper) and 0.375 (fast) on these 8 samples. MACO costs 0.73 s and
+# DiffExplainer 0.31 s per sample (calibration included), EnergyDPS 0.70 s with its calibration
 # (measured when the samples were drawn). Peak memory on a CPU is the growth of the process's
 # peak RSS, which earlier cells already set, so it is not a reliable per-method number here.
 #

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from klsc_lib.worlds.miniworld import (MINIWORLD, BackboneConfig, FactorClassifierConfig, MiniWorldConfig, PriorConfig,
-                                      build, miniworld_hash)
+                                      RefineStage, build, miniworld_hash)
 from klsc_lib.worlds.miniworld.training import train_resumable
 from klsc_lib.worlds import load_world
 
@@ -126,37 +126,51 @@ def test_interrupted_training_resumes_from_its_checkpoints(tmp_path, monkeypatch
     assert torch.equal(resumed.quality["samples_BCHW"], reference.quality["samples_BCHW"])
 
 
-def test_a_refine_stage_starts_from_the_unrefined_prior_and_resumes_exactly(tmp_path, monkeypatch):
-    refined = dataclasses.replace(TINY, prior=dataclasses.replace(TINY.prior, refine_steps=20, refine_lr=5e-4))
+def test_refine_stages_start_from_the_previous_stage_and_resume_exactly(tmp_path, monkeypatch):
+    one_stage = dataclasses.replace(TINY, prior=dataclasses.replace(TINY.prior, refine=(RefineStage(20, 5e-4),)))
+    refined = dataclasses.replace(TINY, prior=dataclasses.replace(
+        TINY.prior, refine=(RefineStage(20, 5e-4), RefineStage(20, 2e-4, ema_decay=0.95))))
     monkeypatch.setenv("KLSC_CACHE", str(tmp_path / "unrefined"))
     build.load_miniworld(TINY, device="cpu", progress=False)
     unrefined_prior = cached_weights(TINY)["prior"]
+    monkeypatch.setenv("KLSC_CACHE", str(tmp_path / "one_stage"))
+    build.load_miniworld(one_stage, device="cpu", progress=False)
+    one_stage_prior = cached_weights(one_stage)["prior"]
     monkeypatch.setenv("KLSC_CACHE", str(tmp_path / "uninterrupted"))
     reference = build.load_miniworld(refined, device="cpu", progress=False)
     reference_weights = cached_weights(refined)
 
     monkeypatch.setenv("KLSC_CACHE", str(tmp_path / "interrupted"))
     seen: list[tuple[str, int]] = []
-    crash_at = [("prior_refine", 15)]  # once
+    crash_at = [("prior_refine1", 15), ("prior_refine2", 15)]  # each once
 
     def on_step(kind: str, step: int) -> None:
         seen.append((kind, step))
         if (kind, step) in crash_at:
-            crash_at.clear()
+            crash_at.remove((kind, step))
             raise Crash
-    with pytest.raises(Crash):  # killed in the refine stage, after its checkpoint at step 10
-        build.load_miniworld(refined, device="cpu", progress=False, on_step=on_step)
     folder = build.world_folder(refined)
+
+    def assert_stage_file(k: int, expected: dict[str, torch.Tensor]) -> None:
+        stage = load_file(folder / f"ckpt_prior_stage{k}.safetensors")
+        assert stage.keys() == expected.keys() and all(torch.equal(stage[n], expected[n]) for n in stage)
+
+    with pytest.raises(Crash):  # killed in the first refine stage, after its checkpoint at step 10
+        build.load_miniworld(refined, device="cpu", progress=False, on_step=on_step)
     assert ("prior", 40) in seen and not (folder / "ckpt_prior.pt").exists()
-    stage1 = load_file(folder / "ckpt_prior_stage1.safetensors")
-    assert stage1.keys() == unrefined_prior.keys()
-    assert all(torch.equal(stage1[k], unrefined_prior[k]) for k in stage1)  # stage 1 is the unrefined prior
+    assert_stage_file(1, unrefined_prior)  # what the first refine stage starts from
+    seen.clear()
+    with pytest.raises(Crash):  # resumed, then killed in the second refine stage
+        build.load_miniworld(refined, device="cpu", progress=False, on_step=on_step)
+    assert seen[0] == ("prior_refine1", 11) and ("prior_refine2", 15) in seen
+    assert not (folder / "ckpt_prior_stage1.safetensors").exists() and not (folder / "ckpt_prior_refine1.pt").exists()
+    assert_stage_file(2, one_stage_prior)  # the second starts from the one-stage world's prior
     seen.clear()
     resumed = build.load_miniworld(refined, device="cpu", progress=False, on_step=on_step)
-    assert seen[0] == ("prior_refine", 11) and resumed.quality["trained_now"] == ["prior", "factor_classifier"]
-    assert not (folder / "ckpt_prior_stage1.safetensors").exists() and not (folder / "ckpt_prior_refine.pt").exists()
+    assert seen[0] == ("prior_refine2", 11) and resumed.quality["trained_now"] == ["prior", "factor_classifier"]
+    assert not list(folder.glob("ckpt_*"))
     assert_same_weights(reference_weights, cached_weights(refined))
-    assert any(not torch.equal(reference_weights["prior"][k], unrefined_prior[k]) for k in unrefined_prior)
+    assert any(not torch.equal(reference_weights["prior"][k], one_stage_prior[k]) for k in one_stage_prior)
     assert torch.equal(resumed.quality["samples_BCHW"], reference.quality["samples_BCHW"])
 
 

@@ -119,8 +119,9 @@ def test_record_world_writes_metrics_and_a_grid(tmp_path):
 def test_record_world_turns_the_quality_targets_into_claims_of_kind_ours(tmp_path):
     world = untrained_world()
     measured = {"kid_prior_vs_test": 0.04, "kid_prior_vs_test_std": 0.02, "kid_train_vs_test_reference": 0.01,
-                "prior_mean_max_prob": 0.9, "test_mean_max_prob": 0.98, "cond_prior_digit_accuracy": 1.0,
-                "prior_factor_tv_to_test": {"digit": 0.05, "background": 0.12}, "num_quality_samples": 1000}
+                "prior_mean_max_prob": 0.9, "prior_mean_max_prob_se": 0.004, "test_mean_max_prob": 0.98,
+                "cond_prior_digit_accuracy": 1.0, "prior_factor_tv_to_test": {"digit": 0.05, "background": 0.12},
+                "prior_factor_tv_to_test_sd": {"digit": 0.01, "background": 0.02}, "num_quality_samples": 1000}
     world.quality = {**measured, "quality_targets": QUALITY_TARGETS, "quality_targets_met": targets_met(measured)}
     report = Report("00_test", tmp_path, "default", 0, "cpu")
     record_world(report, world)
@@ -130,6 +131,8 @@ def test_record_world_turns_the_quality_targets_into_claims_of_kind_ours(tmp_pat
     assert verdicts == {"world_prior_kid": (True, "ours"), "world_prior_recognised": (False, "ours"),
                         "world_cond_digits": (True, "ours"), "world_factor_marginals": (False, "ours")}
     assert report.claims[0].ours == {"kid": 0.04, "sd": 0.02, "train_vs_test": 0.01}
+    assert report.claims[1].ours["se"] == 0.004
+    assert report.claims[3].ours["largest"] == {"factor": "background", "tv": 0.12, "bootstrap_sd": 0.02}
 
     report = Report("00_test", tmp_path, "default", 0, "cpu")
     record_world(report, untrained_world(), quality_claims=True)  # a world without targets records no claim

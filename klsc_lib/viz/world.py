@@ -20,6 +20,15 @@ def _image_grid(images_BCHW: torch.Tensor, ncol: int) -> torch.Tensor:
     return grid.permute(1, 2, 0).squeeze(-1)
 
 
+def _largest_tv(quality: dict) -> dict:
+    """The factor whose marginal is farthest from the data's, with its bootstrap SD, then
+    every factor's TV."""
+    tv = quality["prior_factor_tv_to_test"]
+    worst = max(tv, key=tv.get)
+    return {"largest": {"factor": worst, "tv": tv[worst], "bootstrap_sd": quality["prior_factor_tv_to_test_sd"][worst]},
+            "all": tv}
+
+
 def _record_quality_claims(report, quality: dict) -> None:
     """The mini-world's quality targets (``quality["quality_targets"]``, set by the
     builder) as claims of kind ``ours``, with the verdicts measured when it was built."""
@@ -35,7 +44,8 @@ def _record_quality_claims(report, quality: dict) -> None:
                  kind="ours", threshold=targets["kid_prior_vs_test_max"])
     report.claim("world_prior_recognised", ref, "the backbone's mean max-probability on prior samples >= "
                  f"{targets['prior_mean_max_prob_min']}",
-                 {"samples": quality["prior_mean_max_prob"], "real_held_out": quality["test_mean_max_prob"]}, None,
+                 {"samples": quality["prior_mean_max_prob"], "se": quality["prior_mean_max_prob_se"],
+                  "real_held_out": quality["test_mean_max_prob"]}, None,
                  met["prior_mean_max_prob"], kind="ours", threshold=targets["prior_mean_max_prob_min"])
     report.claim("world_cond_digits", ref, "digit-conditional samples show the asked digit (factor classifier) >= "
                  f"{targets['cond_prior_digit_accuracy_min']:.0%} of the time",
@@ -43,7 +53,7 @@ def _record_quality_claims(report, quality: dict) -> None:
                  threshold=targets["cond_prior_digit_accuracy_min"])
     report.claim("world_factor_marginals", ref, "every factor's marginal over prior samples (factor classifier) is "
                  f"within TV {targets['prior_factor_tv_max']} of the held-out images'",
-                 quality["prior_factor_tv_to_test"], None, met["prior_factor_tv"], kind="ours",
+                 _largest_tv(quality), None, met["prior_factor_tv"], kind="ours",
                  threshold=targets["prior_factor_tv_max"])
 
 

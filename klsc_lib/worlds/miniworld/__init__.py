@@ -10,6 +10,7 @@ imports :mod:`.build` (timm, diffusers) only when a mini-world is loaded.
 """
 
 from klsc_lib.worlds.miniworld.config import (MINIWORLD, BackboneConfig, FactorClassifierConfig, MiniWorldConfig,
-                                              PriorConfig, miniworld_hash)
+                                              PriorConfig, RefineStage, miniworld_hash)
 
-__all__ = ["MINIWORLD", "BackboneConfig", "FactorClassifierConfig", "MiniWorldConfig", "PriorConfig", "miniworld_hash"]
+__all__ = ["MINIWORLD", "BackboneConfig", "FactorClassifierConfig", "MiniWorldConfig", "PriorConfig", "RefineStage",
+           "miniworld_hash"]

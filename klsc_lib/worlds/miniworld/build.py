@@ -9,9 +9,9 @@ Cache layout, ``cache_dir()/miniworld/<miniworld_hash(cfg)>/``:
 - ``backbone.safetensors``, ``prior.safetensors``, ``factor_classifier.safetensors``: final
   weights (the prior's are its EMA);
 - ``ckpt_<kind>*``                         what an unfinished run keeps to resume (removed once ``kind``'s
-  final weights are saved): ``ckpt_<kind>.pt``; for a prior with a refine stage
-  (``PriorConfig.refine_steps``) also its finished first stage ``ckpt_prior_stage1.safetensors``
-  and ``ckpt_prior_refine.pt``;
+  final weights are saved): ``ckpt_<kind>.pt``; for a prior with refine stages
+  (``PriorConfig.refine``) also ``ckpt_prior_refine<k>.pt`` of the running stage k and the
+  EMA weights ``ckpt_prior_stage<k>.safetensors`` that it started from;
 - ``samples.safetensors``, ``quality.json``  quality samples and metrics, written last.
 
 A second load with the same config is a cache hit: nothing is trained or sampled. A
@@ -178,12 +178,14 @@ def _measure_quality(cfg: MiniWorldConfig, world: World, train: MiniWorldDataset
         "backbone_test_accuracy": (p_test.argmax(-1) == test.labels_N).float().mean().item(),
         "backbone_train_accuracy": (p_train.argmax(-1) == train.labels_N[:len(test)]).float().mean().item(),
         "factor_classifier_test_accuracy": factor_accuracy(read_test, test.factors),
-        "prior_mean_max_prob": rec["mean_max_prob"],
+        "prior_mean_max_prob": rec["mean_max_prob"], "prior_mean_max_prob_se": rec["mean_max_prob_se"],
         "prior_class_histogram": rec["histogram"],
         "prior_class_tv_to_uniform": rec["tv_to_uniform"],
         "prior_class_normalised_entropy": rec["normalised_entropy"],
         "prior_factor_histograms": {name: m_s[name].long().tolist() for name in FACTOR_NAMES},
         "prior_factor_tv_to_test": {name: total_variation(m_s[name], m_test[name]) for name in FACTOR_NAMES},
+        "prior_factor_tv_to_test_sd": {name: q.marginal_tv_sd(read_s[name], read_test[name], FACTOR_SIZES[name],
+                                                              seed=cfg.seed) for name in FACTOR_NAMES},
         "test_mean_max_prob": p_test.max(-1).values.mean().item(),
         "kid_prior_vs_test": kid_s, "kid_prior_vs_test_std": kid_s_std,
         "kid_cond_prior_vs_test": kid_c, "kid_cond_prior_vs_test_std": kid_c_std,
@@ -267,25 +269,30 @@ def load_miniworld(cfg: MiniWorldConfig, device: str | torch.device = "auto", pr
 
     def train_prior(model: nn.Module) -> tuple[nn.Module, list[float]]:
         loss = _prior_loss(train, cfg, device)
-        stage1 = folder / "ckpt_prior_stage1.safetensors"
-        stage1_done = pcfg.refine_steps and _read_or_discard(stage1, lambda p: load_model(model, str(p))) is not None
-        losses: list[float] = []  # of stage 1, unless it finished in an earlier (interrupted) run
-        if not stage1_done:
-            model, losses = train_resumable(
-                model, loss, steps=pcfg.steps, lr=pcfg.lr, seed=cfg.seed + 1,
-                checkpoint_path=folder / "ckpt_prior.pt", checkpoint_every=cfg.checkpoint_every,
-                ema_decay=pcfg.ema_decay, ema_power=pcfg.ema_power, desc=f"{cfg.name} prior", progress=progress,
-                on_step=hook("prior"))
-            if not pcfg.refine_steps:
-                return model, losses
-            _save_model(model, stage1)
-            (folder / "ckpt_prior.pt").unlink(missing_ok=True)  # superseded by the finished stage
-        model, refine_losses = train_resumable(
-            model.requires_grad_(True), loss, steps=pcfg.refine_steps, lr=pcfg.refine_lr, seed=cfg.seed + 3,
-            checkpoint_path=folder / "ckpt_prior_refine.pt", checkpoint_every=cfg.checkpoint_every,
-            ema_decay=pcfg.ema_decay, ema_power=pcfg.ema_power, desc=f"{cfg.name} prior (refine)",
-            progress=progress, on_step=hook("prior_refine"))
-        return model, losses + refine_losses
+        # (steps, lr, EMA decay, seed) of stage 0 and of each refine stage k = 1, 2, ...
+        stages = [(pcfg.steps, pcfg.lr, pcfg.ema_decay, cfg.seed + 1)] + [
+            (s.steps, s.lr, s.ema_decay, cfg.seed + 2 + k) for k, s in enumerate(pcfg.refine, start=1)]
+
+        def finished(k: int) -> Path:  # EMA weights after stages 0..k-1, kept until stage k finishes
+            return folder / f"ckpt_prior_stage{k}.safetensors"
+
+        start = next((k for k in range(len(stages) - 1, 0, -1)
+                      if _read_or_discard(finished(k), lambda p: load_model(model, str(p))) is not None), 0)
+        losses: list[float] = []  # of the stages trained in this run (earlier ones finished before)
+        for k in range(start, len(stages)):
+            steps, lr, ema_decay, seed = stages[k]
+            kind = "prior" if k == 0 else f"prior_refine{k}"
+            model, stage_losses = train_resumable(
+                model.requires_grad_(True), loss, steps=steps, lr=lr, seed=seed,
+                checkpoint_path=folder / f"ckpt_{kind}.pt", checkpoint_every=cfg.checkpoint_every,
+                ema_decay=ema_decay, ema_power=pcfg.ema_power, desc=f"{cfg.name} {kind.replace('_', ' ')}",
+                progress=progress, on_step=hook(kind))
+            losses += stage_losses
+            if k + 1 < len(stages):
+                _save_model(model, finished(k + 1))
+                finished(k).unlink(missing_ok=True)  # superseded by the finished stage
+                (folder / f"ckpt_{kind}.pt").unlink(missing_ok=True)
+        return model, losses
 
     def train_classifier(model: nn.Module) -> tuple[nn.Module, list[float]]:
         return train_resumable(

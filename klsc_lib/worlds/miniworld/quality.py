@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from klsc_lib.analysis.image_metrics import histogram_stats
+from klsc_lib.analysis.image_metrics import histogram_stats, total_variation
 from klsc_lib.interfaces import HookedBackbone
 from klsc_lib.worlds.miniworld.models import backbone_features
 
@@ -37,8 +37,24 @@ def classify(backbone: HookedBackbone, x_BCHW: torch.Tensor,
 
 
 def recognition(probs_BK: torch.Tensor) -> dict:
-    pred_B = probs_BK.argmax(-1)
-    return {"mean_max_prob": probs_BK.max(-1).values.mean().item(), **histogram_stats(pred_B, probs_BK.shape[1])}
+    """Mean max-probability (with its standard error over samples) and the class histogram."""
+    pred_B, max_B = probs_BK.argmax(-1), probs_BK.max(-1).values.double()
+    return {"mean_max_prob": max_B.mean().item(), "mean_max_prob_se": (max_B.std() / len(max_B) ** 0.5).item(),
+            **histogram_stats(pred_B, probs_BK.shape[1])}
+
+
+def marginal_tv_sd(read_N: torch.Tensor, reference_M: torch.Tensor, num_classes: int, num_resamples: int = 500,
+                   seed: int = 0) -> float:
+    """Bootstrap SD of the total variation between the class marginals of ``read_N`` and
+    ``reference_M`` (both resampled with replacement): the error bar of a factor's TV."""
+    gen = torch.Generator().manual_seed(seed)
+    tvs = []
+    for _ in range(num_resamples):
+        a = read_N[torch.randint(len(read_N), (len(read_N),), generator=gen)]
+        b = reference_M[torch.randint(len(reference_M), (len(reference_M),), generator=gen)]
+        tvs.append(total_variation(torch.bincount(a, minlength=num_classes).double(),
+                                   torch.bincount(b, minlength=num_classes).double()))
+    return float(torch.tensor(tvs).std())
 
 
 # Quality targets of the default mini-world (issue 8; kind "ours" in the claims ledger).
