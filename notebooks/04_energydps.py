@@ -133,13 +133,13 @@ plt.show()
 # **What we see.** Each caption gives the row's mean psi against the feature's target t:
 # the top-k row is t by construction; a generated row far above t overshot (the cap bounds the
 # gradient, not the value), far below t fell short. On the smoke world (an untrained prior)
-# the generated rows are noise. On `default`, EnergyDPS comes within 10 % of t on both features
-# (0.62 / 0.69 and 2.23 / 2.18). For the size feature (4) three of its four samples are small
-# digits at the left or top edge, as in the top images (the concept is size = 0), the fourth a
-# large smeared 2; for the position feature (77) every sample holds a digit, but three carry
-# patches of colour noise beside it: guidance still finds adversarial patterns on spatial
-# features. DiffExplainer-style samples are clean digits that fall short of t (0.33 / 0.69 and
-# 0.96 / 2.18); MACO gives colour fields.
+# the generated rows are noise. On `default`, EnergyDPS comes within 7 % of t on both features
+# (0.71 / 0.69 and 2.03 / 2.18). For the size feature (4), three of its four samples draw a small
+# glyph at the left edge, as the top images do (the concept is size = 0); the fourth is a blue-white
+# smear at the right. For the position feature (77) two samples are large glyphs and two are
+# patches of colour noise, one with a small red 0 in it: guidance still finds adversarial
+# patterns on spatial features. DiffExplainer-style samples are clean digits that fall short of t
+# (0.41 / 0.69 and 0.84 / 2.18); MACO gives colour fields.
 #
 # ## Table 3 analogue: activation, KID, concept accuracy, high frequencies, diversity
 # Concept accuracy: a factor reader that is not the explained backbone (the world's
@@ -185,28 +185,42 @@ report.claim("energydps_matched", "Sec 3.2", "calibrated EnergyDPS reaches t wit
              rows["EnergyDPS"]["psi_over_t"], 1.0, bool(reached), kind="ours", threshold=0.05)
 
 # %% [markdown]
-# **What we see.** On `default` (50 features x 4 samples): EnergyDPS reaches t (psi/t 0.98,
-# 95 % CI 0.95-1.02) and has the lowest KID in the backbone's features, but only just: 0.095 +-
-# 0.058 against DiffExplainer's 0.103 +- 0.057 (which stays near the prior and reaches only 16 %
-# of t) and MACO's 1.50, so not separated by 1 SD. In the factor classifier's features it has the
-# highest: 0.46 against 0.092 and 0.28 (the colour-noise patches of the spatial features, Fig 4,
-# are a likely cause). Its concept accuracy (0.51, CI 0.425-0.60) is above DiffExplainer's (0.46)
-# and below MACO's (0.53, whose steps are calibrated on the same psi); the real top-4 images reach
-# 0.76 and unguided samples 0.33. MACO has the most high-frequency energy (0.193; EnergyDPS 0.176,
-# DiffExplainer 0.175). So of the paper's four Table 3 claims two hold (backbone KID, narrowly;
-# MACO's high frequencies) and two do not (KID in the factor classifier's features, concept
-# accuracy); each is in the ledger. These verdicts move with the prior: with the previous one
-# (16000 steps, max-probability 0.927) EnergyDPS's KIDs were 0.19 and 0.18, second of three in
-# both spaces; with a 7000-step prior it had the lowest KID in the factor classifier's features
-# (0.045). KID pools only 200 samples per method: the
-# "separated by 1 SD" flag says whether KID can rank the methods at all at this size.
-# They also move with floating-point noise. Run with one OpenMP thread instead of two, notebook
-# 03 trains a transcoder that differs only in rounding (explained variance 0.956 either way,
-# 28 % dead instead of 34 %), and the 50 random features drawn from it differ. On that run
-# EnergyDPS has the best concept accuracy (0.54 vs MACO's 0.52) and fails both KID claims
-# (backbone 0.21 vs DiffExplainer's 0.068; factor classifier 0.195 vs 0.089). So with 50 features,
-# gaps of a few hundredths in concept accuracy or KID are within run-to-run noise; only MACO's
-# high frequencies and DiffExplainer's shortfall held on both runs.
+# **What we see.** On `default` (50 features x 4 samples), EnergyDPS reaches t (psi/t 0.97, 95 % CI
+# 0.91-1.02), but none of the paper's four Table 3 claims holds here:
+#
+# - **KID, backbone features:** EnergyDPS is second of three, 0.186 +- 0.066 against
+#   DiffExplainer's 0.162 +- 0.068 and MACO's 1.50. The two are not separated by 1 SD.
+#   DiffExplainer stays near the prior and reaches only 25 % of t.
+# - **KID, factor classifier's features:** EnergyDPS is second again, 0.172 against 0.081 and
+#   0.28. The colour-noise patches on spatial features (Fig 4) are a likely cause.
+# - **Concept accuracy:** EnergyDPS's 0.47 (CI 0.375-0.565) ties DiffExplainer's and is below
+#   MACO's 0.53, whose steps are calibrated on the same psi. The real top-4 images reach 0.76 and
+#   unguided samples 0.345.
+# - **High frequencies:** MACO no longer has the most high-frequency energy: 0.193 against
+#   DiffExplainer's 0.198. EnergyDPS has the least (0.167); the top-k real images have 0.230.
+#
+# The fifth claim, that the proxy baseline falls short of t, holds. Each claim is in the ledger.
+#
+# The better prior helped EnergyDPS in the factor classifier's features: its KID there fell from
+# 0.46 with the previous default prior (28000 CPU steps, max-probability 0.941) to 0.17. But the
+# verdicts move with the prior, and every earlier prior gave different ones:
+#
+# | prior | EnergyDPS's KID rank (backbone; factor classifier) | concept accuracy, EnergyDPS vs MACO |
+# |---|---|---|
+# | previous default (28000 CPU steps) | first, narrowly; third | 0.51 vs 0.53 |
+# | 16000 steps | second; second | – |
+# | 7000 steps | – ; first (0.045) | – |
+#
+# KID pools only 200 samples per method, so the "separated by 1 SD" flag says whether KID can rank
+# the methods at all at this size.
+#
+# The verdicts also move with floating-point noise. On the previous prior we ran notebook 03 with
+# one OpenMP thread instead of two. It trained a transcoder that differed only in rounding
+# (explained variance 0.956 either way, 28 % dead instead of 34 %), so notebook 04 drew other
+# random features. On that run EnergyDPS had the best concept accuracy (0.54 vs MACO's 0.52) and
+# failed both KID claims. With 50 features, gaps of a few hundredths in concept accuracy or KID are
+# within run-to-run noise. Only DiffExplainer's shortfall has held on every run, and MACO's high
+# frequencies on every run but this one.
 #
 # ## Table 10: guidance strength (uncapped), activation and KID rise together (App L.2.3)
 
@@ -224,12 +238,11 @@ report.claim("strength_activation_and_kid_rise", "App L.2.3, Table 10", "activat
              "guidance strength", abl, [(r["mean_activation"], r["kid"]) for r in TABLE10], rise, kind="paper")
 
 # %% [markdown]
-# **What we see.** Mean psi rises with the strength (0.06, 0.71, 0.90, 1.33 at 0, 100, 300,
-# 1000 in strength x steps) and KID rises from x0.6 on (0.12, then 1.62 at the paper's strength
-# x steps), but at x0.2 it is 0.050 against 0.066 unguided, inside KID's noise on 128 samples,
-# so the strict "both rise at every step" claim does not hold; the shape is the paper's
-# (KID grows fastest at the largest strength). On the one-thread run above the claim holds
-# (KID 0.066, 0.083, 0.22, 1.46): the first step is inside the noise either way.
+# **What we see.** Mean psi rises with the strength: 0.05, 0.68, 0.95 and 1.51 at 0, 100, 300 and
+# 1000 in strength x steps. KID rises with it: -0.004, 0.053, 0.20, then 1.81 at the paper's
+# strength x steps. So the claim holds on this prior, with the paper's shape (KID grows fastest at
+# the largest strength). On the previous prior the strict claim failed: KID at x0.2 was 0.050
+# against 0.066 unguided, inside KID's noise on 128 samples. The first step is small either way.
 #
 # ## L.3 semantic shift and L.5 object drift, on the first Fig 4 feature
 
@@ -253,15 +266,21 @@ plt.show()
 report.metric("l5_drift", [(d.omega, d.mean_psi, d.p_task) for d in drift], note="(omega, mean psi, P(task class))")
 
 # %% [markdown]
-# **What we see.** Semantic shift (L.3): psi follows the cap up to t (0.25 at 0.25 t, 0.63 at t)
-# and saturates at 0.68 above it. The first seed draws a small digit at the top-left edge at low
-# caps, adds blobs of orange and blue noise beside it from the cap t on and becomes a large green
-# digit at 2 t; the second goes from a small digit (0.25 t) through a large one (0.5 t) to a small
-# blue 6 at the top-left edge from t on. The images change with the cap, but not towards one
-# meaning: no clean semantic shift on this feature. Object drift (L.5): with the task logit
-# added, P(task class) under the backbone's head jumps from 0.00 to 0.25-0.61 while the
-# feature's own psi falls from 0.66 to below zero, and from omega 2 on samples turn to colour
-# noise: the task term takes over the explanation, the drift of App L.5.
+# **What we see.** Semantic shift (L.3): psi follows the cap up to t (0.28 at 0.25 t, 0.51 at
+# 0.5 t, 0.71 at t) and saturates at 0.72 above it.
+#
+# - The first seed draws a green 6 at the left edge at 0.25 t, then a green 9 in the same place
+#   from 0.5 t on, with faint magenta specks beside it above t.
+# - The second draws, over a brick background, a small green 4 at the bottom left, a yellow 9 from
+#   0.5 t, and a large blue 4 from 1.5 t.
+#
+# The images change with the cap, but not towards one meaning: no clean semantic shift on this
+# feature.
+#
+# Object drift (L.5): with the logit of class 0 added, the feature's own psi falls from 0.65 to
+# below zero at every omega. P(class 0) under the backbone's head is 0.97 at omega 0.5, where the
+# samples are 0s, but 0.00 at omega 2 and 0.61 at omega 8, where samples gain noise patches. The
+# task term takes over the explanation, the drift of App L.5, though not monotonically in omega.
 #
 # ## Table 11: cost per sample (this machine), and fast vs paper configuration
 
@@ -289,15 +308,15 @@ report.claim("fast_10x_cheaper", "App L.4 (ours)", "at matched activation (the f
              kind="ours", threshold=10)
 
 # %% [markdown]
-# **What we see.** `paper_config` with its cap at t overshoots a little, to 1.09 t (the cap bounds
-# the gradient, not the value), at 4.9 s per sample on this CPU. The fast configuration,
-# calibrated towards that level, stops at 0.86 t, 21 % short, at 0.25 s per sample: 19x cheaper,
-# 2.0 s per sample counting its 7 calibration passes. The gap is outside the 5 % that "matched"
-# allows, so the "10x cheaper at matched activation" claim is recorded as not holding; concept
-# accuracy is 0.625 (paper) and 0.375 (fast) on these 8 samples. MACO costs 0.73 s and
-# DiffExplainer 0.31 s per sample (calibration included), EnergyDPS 0.70 s with its calibration
-# (measured when the samples were drawn). Peak memory on a CPU is the growth of the process's
-# peak RSS, which earlier cells already set, so it is not a reliable per-method number here.
+# **What we see.** `paper_config` with its cap at t overshoots, to 1.22 t (the cap bounds the
+# gradient, not the value), at 6.0 s per sample on this CPU. The fast configuration, calibrated
+# towards that level, stops at 0.87 t, 29 % short, at 0.30 s per sample: 20x cheaper, or 2.4 s per
+# sample counting its 7 calibration passes. The gap is outside the 5 % that "matched" allows, so
+# the "10x cheaper at matched activation" claim is recorded as not holding. Concept accuracy is
+# 0.5 (paper) and 0.375 (fast) on these 8 samples. Per sample, calibration included, MACO costs
+# 0.72 s, DiffExplainer 0.46 s and EnergyDPS 0.92 s (measured when the samples were drawn). Peak
+# memory on a CPU is the growth of the process's peak RSS, which earlier cells already set, so it
+# is not a reliable per-method number here.
 #
 # ## 100 random neurons with EnergyDPS, for notebook 05 (Table 7 analogue)
 

@@ -210,10 +210,11 @@ report.metric("weighted_variance", {m: vars(v) for m, v in variance.items()},
 # **What we see.** (Simulated raters on notebook 04's samples.) Each rater's means
 # shift with its leniency, but the ordering of the methods comes from the classifier's
 # reading of the samples, so it is the finding. On `default` EnergyDPS is **not** rated best by
-# every rater (one of six prefers it alone, two tie it with MACO, three put MACO first: MACO's
-# samples show the concept a little more often to the classifier, 0.53 vs EnergyDPS 0.51); the
-# paired Wilcoxon tests find no difference between EnergyDPS and either baseline (p 0.70 against
-# MACO, 0.48 against DiffExplainer), so the paper's Table 4 ordering is not reproduced here. The variance is in MiniLM space
+# every rater: one of six prefers it, four put MACO first and one DiffExplainer. MACO's samples
+# show the concept a little more often to the classifier (0.53, against 0.47 for both EnergyDPS
+# and DiffExplainer). The paired Wilcoxon tests find no difference between EnergyDPS and either
+# baseline (p 0.77 against MACO, 0.86 against DiffExplainer), so the paper's Table 4 ordering is
+# not reproduced here. The variance is in MiniLM space
 # unless CLIP files are present, so its scale is not the paper's.
 
 # %% [markdown]
@@ -252,7 +253,7 @@ if len(kinds7) == 2:
 # **What we see.** (Simulated rater on notebook 04's samples.) Whether features beat
 # neurons depends on how often the EnergyDPS samples of each show their unit's concept
 # to the factor classifier; with few units (smoke) the intervals are wide and overlap. On
-# `default` neurons succeed more often than features (73 % vs 58 %, CIs overlapping): not the
+# `default` neurons succeed more often than features (73 % vs 52 %, CIs overlapping): not the
 # paper's Table 7. The mini-world's neurons are fairly clean already (notebook 03: 80 % of them
 # are pure for one factor), and the feature samples show their concept only about half the time.
 #
