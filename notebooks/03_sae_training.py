@@ -73,7 +73,7 @@ print(world.name, "hook:", world.backbone.block_name, "| factors:", world.factor
 # **What we see.** The world cell also records the mini-world's four quality targets as claims of
 # kind `ours`. On `default`, three are met: the prior's KID against held-out images (0.015 +- 0.018
 # on 1000 samples; train vs held-out 0.019), its digit-conditional samples (100 % show the asked
-# digit) and every factor's marginal (largest TV 0.092 +- 0.019, background, against 0.1). One is
+# digit) and every factor's marginal (largest TV 0.092 +- 0.018, background, against 0.1). One is
 # missed by a hair: the backbone's mean max-probability on prior samples is 0.9498 +- 0.0036, against
 # a target of 0.95 (real images 0.983). Both borderline numbers sit on their thresholds within
 # noise: two fresh sets of 1000 samples read max-probability 0.951 and 0.949, and background TV
