@@ -133,13 +133,14 @@ plt.show()
 # **What we see.** Each caption gives the row's mean psi against the feature's target t:
 # the top-k row is t by construction; a generated row far above t overshot (the cap bounds the
 # gradient, not the value), far below t fell short. On the smoke world (an untrained prior)
-# the generated rows are noise. On `default`, EnergyDPS comes within 7 % of t on both features
-# (0.71 / 0.69 and 2.03 / 2.18). For the size feature (4), three of its four samples draw a small
-# glyph at the left edge, as the top images do (the concept is size = 0); the fourth is a blue-white
-# smear at the right. For the position feature (77) two samples are large glyphs and two are
-# patches of colour noise, one with a small red 0 in it: guidance still finds adversarial
-# patterns on spatial features. DiffExplainer-style samples are clean digits that fall short of t
-# (0.41 / 0.69 and 0.84 / 2.18); MACO gives colour fields.
+# the generated rows are noise. On `default`, EnergyDPS comes within 6 % of t on both features
+# (0.68 / 0.69 and 2.05 / 2.18). For the size feature (4), three of its four samples draw a small
+# 9 at the left edge, as the top images do (the concept is size = 0); the second is a larger
+# yellow 9. For the position feature (77) one sample is a large yellow glyph, two are glyphs
+# strewn with specks of colour noise and one is colour noise alone: guidance still finds
+# adversarial patterns on spatial features. DiffExplainer-style samples are clean digits that fall
+# short of t (0.40 / 0.69 and 0.90 / 2.18); MACO gives colour fields. The four random features
+# give the same picture: clean glyphs from EnergyDPS and DiffExplainer, colour fields from MACO.
 #
 # ## Table 3 analogue: activation, KID, concept accuracy, high frequencies, diversity
 # Concept accuracy: a factor reader that is not the explained backbone (the world's
@@ -186,41 +187,44 @@ report.claim("energydps_matched", "Sec 3.2", "calibrated EnergyDPS reaches t wit
 
 # %% [markdown]
 # **What we see.** On `default` (50 features x 4 samples), EnergyDPS reaches t (psi/t 0.97, 95 % CI
-# 0.91-1.02), but none of the paper's four Table 3 claims holds here:
+# 0.93-1.00). Two of the paper's four Table 3 claims hold here, two do not:
 #
-# - **KID, backbone features:** EnergyDPS is second of three, 0.186 +- 0.066 against
-#   DiffExplainer's 0.162 +- 0.068 and MACO's 1.50. The two are not separated by 1 SD.
-#   DiffExplainer stays near the prior and reaches only 25 % of t.
-# - **KID, factor classifier's features:** EnergyDPS is second again, 0.172 against 0.081 and
-#   0.28. The colour-noise patches on spatial features (Fig 4) are a likely cause.
-# - **Concept accuracy:** EnergyDPS's 0.47 (CI 0.375-0.565) ties DiffExplainer's and is below
-#   MACO's 0.53, whose steps are calibrated on the same psi. The real top-4 images reach 0.76 and
-#   unguided samples 0.345.
-# - **High frequencies:** MACO no longer has the most high-frequency energy: 0.193 against
-#   DiffExplainer's 0.198. EnergyDPS has the least (0.167); the top-k real images have 0.230.
+# - **KID, backbone features (holds, narrowly):** EnergyDPS has the lowest, 0.037 +- 0.045 against
+#   DiffExplainer's 0.138 +- 0.069 and MACO's 1.50. The first two are not separated by 1 SD.
+#   DiffExplainer stays near the prior and reaches only 22 % of t; unguided samples score 0.026.
+# - **KID, factor classifier's features (holds):** EnergyDPS is lowest again, 0.035 against 0.083
+#   and 0.28, separated by 1 SD. That is close to the real top-k images (0.031) and to unguided
+#   samples (0.021).
+# - **Concept accuracy (fails):** EnergyDPS's 0.465 (CI 0.375-0.555) ties DiffExplainer's and is
+#   below MACO's 0.53, whose steps are calibrated on the same psi. The real top-4 images reach
+#   0.76 and unguided samples 0.365.
+# - **High frequencies (fails):** MACO does not have the most high-frequency energy: 0.193 against
+#   DiffExplainer's 0.197. EnergyDPS has the least (0.174); the top-k real images have 0.230.
 #
 # The fifth claim, that the proxy baseline falls short of t, holds. Each claim is in the ledger.
 #
-# The better prior helped EnergyDPS in the factor classifier's features: its KID there fell from
-# 0.46 with the previous default prior (28000 CPU steps, max-probability 0.941) to 0.17. But the
-# verdicts move with the prior, and every earlier prior gave different ones:
+# The better prior helped EnergyDPS most in KID: in the factor classifier's features its KID fell
+# from 0.46 on the CPU-trained default prior of an earlier version to 0.17 on the previous GPU prior
+# and 0.035 on this one. But the verdicts move with the prior, and every prior gave different ones:
 #
 # | prior | EnergyDPS's KID rank (backbone; factor classifier) | concept accuracy, EnergyDPS vs MACO |
 # |---|---|---|
-# | previous default (28000 CPU steps) | first, narrowly; third | 0.51 vs 0.53 |
-# | 16000 steps | second; second | – |
-# | 7000 steps | – ; first (0.045) | – |
+# | this one (12700 GPU steps, max-probability 0.953) | first; first | 0.465 vs 0.53 |
+# | previous (9100 GPU steps, 0.950) | second; second | 0.47 vs 0.53 |
+# | earlier default (28000 CPU steps, 0.941) | first, narrowly; third | 0.51 vs 0.53 |
+# | 16000 CPU steps | second; second | – |
+# | 7000 CPU steps | – ; first (0.045) | – |
 #
 # KID pools only 200 samples per method, so the "separated by 1 SD" flag says whether KID can rank
 # the methods at all at this size.
 #
-# The verdicts also move with floating-point noise. On the previous prior we ran notebook 03 with
+# The verdicts also move with floating-point noise. On an earlier prior we ran notebook 03 with
 # one OpenMP thread instead of two. It trained a transcoder that differed only in rounding
 # (explained variance 0.956 either way, 28 % dead instead of 34 %), so notebook 04 drew other
 # random features. On that run EnergyDPS had the best concept accuracy (0.54 vs MACO's 0.52) and
 # failed both KID claims. With 50 features, gaps of a few hundredths in concept accuracy or KID are
-# within run-to-run noise. Only DiffExplainer's shortfall has held on every run, and MACO's high
-# frequencies on every run but this one.
+# within run-to-run noise. Only DiffExplainer's shortfall has held on every run. MACO had the most
+# high frequencies on every earlier prior, but on neither GPU-trained one.
 #
 # ## Table 10: guidance strength (uncapped), activation and KID rise together (App L.2.3)
 
@@ -238,11 +242,12 @@ report.claim("strength_activation_and_kid_rise", "App L.2.3, Table 10", "activat
              "guidance strength", abl, [(r["mean_activation"], r["kid"]) for r in TABLE10], rise, kind="paper")
 
 # %% [markdown]
-# **What we see.** Mean psi rises with the strength: 0.05, 0.68, 0.95 and 1.51 at 0, 100, 300 and
-# 1000 in strength x steps. KID rises with it: -0.004, 0.053, 0.20, then 1.81 at the paper's
-# strength x steps. So the claim holds on this prior, with the paper's shape (KID grows fastest at
-# the largest strength). On the previous prior the strict claim failed: KID at x0.2 was 0.050
-# against 0.066 unguided, inside KID's noise on 128 samples. The first step is small either way.
+# **What we see.** Mean psi rises with the strength: 0.08, 0.65, 0.95 and 1.44 at 0, 100, 300 and
+# 1000 in strength x steps. KID does not rise at the first step: 0.047 unguided, then 0.028, 0.13,
+# and 1.43 at the paper's strength x steps. So the strict claim fails on this prior. The dip is
+# inside KID's noise on 128 samples, and above it KID grows fastest at the largest strength, the
+# paper's shape. The claim held on the previous prior (KID -0.004, 0.053, 0.20, 1.81) and failed
+# the same way on an earlier one (0.050 at x0.2 against 0.066 unguided).
 #
 # ## L.3 semantic shift and L.5 object drift, on the first Fig 4 feature
 
@@ -266,21 +271,22 @@ plt.show()
 report.metric("l5_drift", [(d.omega, d.mean_psi, d.p_task) for d in drift], note="(omega, mean psi, P(task class))")
 
 # %% [markdown]
-# **What we see.** Semantic shift (L.3): psi follows the cap up to t (0.28 at 0.25 t, 0.51 at
-# 0.5 t, 0.71 at t) and saturates at 0.72 above it.
+# **What we see.** Semantic shift (L.3): psi follows the cap up to t (0.32 at 0.25 t, 0.37 at
+# 0.5 t, 0.66 at t) and saturates at 0.67 above it.
 #
-# - The first seed draws a green 6 at the left edge at 0.25 t, then a green 9 in the same place
-#   from 0.5 t on, with faint magenta specks beside it above t.
-# - The second draws, over a brick background, a small green 4 at the bottom left, a yellow 9 from
-#   0.5 t, and a large blue 4 from 1.5 t.
+# - The first seed draws a yellow 9 at the bottom left at 0.25 t, then the same 9 at the top left
+#   from 0.5 t on, with dark blue specks inside it from t.
+# - The second draws a blue 6 at the left at 0.25 t, a yellow 6 at 0.5 t, and from t a red glyph
+#   over a brick background, with teal specks above t.
 #
 # The images change with the cap, but not towards one meaning: no clean semantic shift on this
 # feature.
 #
-# Object drift (L.5): with the logit of class 0 added, the feature's own psi falls from 0.65 to
-# below zero at every omega. P(class 0) under the backbone's head is 0.97 at omega 0.5, where the
-# samples are 0s, but 0.00 at omega 2 and 0.61 at omega 8, where samples gain noise patches. The
-# task term takes over the explanation, the drift of App L.5, though not monotonically in omega.
+# Object drift (L.5): with the logit of class 0 added, the feature's own psi falls from 0.69 to
+# below zero at every omega. P(class 0) under the backbone's head is 0.66 at omega 0.5, where two
+# of the four samples are 0s, but 0.17 at omega 2 and 0.20 at omega 8, where samples turn into blobs
+# and patches of colour noise. The task term takes over the explanation, the drift of App L.5,
+# though not monotonically in omega.
 #
 # ## Table 11: cost per sample (this machine), and fast vs paper configuration
 
@@ -308,15 +314,21 @@ report.claim("fast_10x_cheaper", "App L.4 (ours)", "at matched activation (the f
              kind="ours", threshold=10)
 
 # %% [markdown]
-# **What we see.** `paper_config` with its cap at t overshoots, to 1.22 t (the cap bounds the
-# gradient, not the value), at 6.0 s per sample on this CPU. The fast configuration, calibrated
-# towards that level, stops at 0.87 t, 29 % short, at 0.30 s per sample: 20x cheaper, or 2.4 s per
-# sample counting its 7 calibration passes. The gap is outside the 5 % that "matched" allows, so
-# the "10x cheaper at matched activation" claim is recorded as not holding. Concept accuracy is
-# 0.5 (paper) and 0.375 (fast) on these 8 samples. Per sample, calibration included, MACO costs
-# 0.72 s, DiffExplainer 0.46 s and EnergyDPS 0.92 s (measured when the samples were drawn). Peak
-# memory on a CPU is the growth of the process's peak RSS, which earlier cells already set, so it
-# is not a reliable per-method number here.
+# **What we see.** `paper_config` with its cap at t stops at 0.76 t this time (it overshot, to
+# 1.22 t, on the previous prior: the cap bounds the gradient, not the value), at 5.9 s per sample on
+# this CPU. The fast configuration, calibrated towards that level, stops at 0.70 t, 8 % short, at
+# about 0.3 s per sample: about 20x cheaper (timings vary by a few percent between runs), or about
+# 2.5 s per sample counting its 7 calibration passes. The gap is
+# outside the 5 % that "matched" allows, so the "10x cheaper at matched activation" claim is
+# recorded as not holding. Concept accuracy is 0.625 (paper) and 0.5 (fast) on these 8 samples. Per
+# sample, calibration included, MACO costs 0.83 s, DiffExplainer 0.46 s and EnergyDPS 0.92 s
+# (measured when the samples were drawn). Peak memory on a CPU is the growth of the process's peak
+# RSS, which earlier cells already set, so it is not a reliable per-method number here.
+#
+# At paper scale the costs are GPU numbers. We measured them on one H100 with the paper's
+# architectures and random weights (`make bench`, `benchmarks/bench_paper_scale.py`). One
+# `paper_config` sample took 121 s and 9.7 GiB, against the paper's 96 s and 14.6 GiB. Batches of
+# 8 brought that to 44 s per sample, and the fast setting's 50 steps take about 6 s.
 #
 # ## 100 random neurons with EnergyDPS, for notebook 05 (Table 7 analogue)
 

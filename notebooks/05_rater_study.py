@@ -210,10 +210,11 @@ report.metric("weighted_variance", {m: vars(v) for m, v in variance.items()},
 # **What we see.** (Simulated raters on notebook 04's samples.) Each rater's means
 # shift with its leniency, but the ordering of the methods comes from the classifier's
 # reading of the samples, so it is the finding. On `default` EnergyDPS is **not** rated best by
-# every rater: one of six prefers it, four put MACO first and one DiffExplainer. MACO's samples
-# show the concept a little more often to the classifier (0.53, against 0.47 for both EnergyDPS
-# and DiffExplainer). The paired Wilcoxon tests find no difference between EnergyDPS and either
-# baseline (p 0.77 against MACO, 0.86 against DiffExplainer), so the paper's Table 4 ordering is
+# any rater: five of six put MACO first (one of them tied with DiffExplainer) and one
+# DiffExplainer alone. MACO's samples show the concept a little more often to the classifier (0.53,
+# against 0.465 for both EnergyDPS and DiffExplainer). The paired Wilcoxon tests find no
+# difference between EnergyDPS and either baseline (p 0.39 against MACO, 0.73 against
+# DiffExplainer), so the paper's Table 4 ordering is
 # not reproduced here. The variance is in MiniLM space
 # unless CLIP files are present, so its scale is not the paper's.
 

@@ -99,6 +99,7 @@ def strength_curve(rows: Sequence[tuple[float, float, float]], paper: Sequence[t
     ax.plot([r[1] for r in rows], [r[2] for r in rows], "o-")
     for s, p, k in rows:
         ax.annotate(f"x{s:g}", (p, k), fontsize=8, xytext=(3, 3), textcoords="offset points")
+    ax.margins(0.12)  # room for the labels of the end points
     ax.set(xlabel="mean psi", ylabel="KID (backbone features)", title="ours")
     if paper:
         ax = axes[0, 1]

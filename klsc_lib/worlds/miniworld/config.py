@@ -134,8 +134,10 @@ MINIWORLD = {
         factor_classifier=FactorClassifierConfig(channels=(8, 16, 32), steps=60, batch_size=64),
         num_quality_samples=32, num_cond_quality_samples=20, quality_sampling_steps=50, checkpoint_every=40),
     # shipped in weights/<hash>/ (make miniworld REBUILD=1): a wider UNet (1.74 M parameters), batches of 512,
-    # 4900 + 1600 + 2600 prior steps; trained on one H100 (README: how the default world was built)
+    # 4900 + 1600 + 2600 + 3600 prior steps; trained on one H100 (stages 0-2) and one H200 (stage 3)
+    # (README: how the default world was built)
     "default": MiniWorldConfig(name="miniworld", prior=PriorConfig(
         channels=(40, 80, 80), batch_size=512, steps=4900,
-        refine=(RefineStage(1600, 1e-4, ema_decay=0.9999), RefineStage(2600, 3e-4, ema_decay=0.9999)))),
+        refine=(RefineStage(1600, 1e-4, ema_decay=0.9999), RefineStage(2600, 3e-4, ema_decay=0.9999),
+                RefineStage(3600, 3e-4, ema_decay=0.9999)))),
 }
