@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import math
 import tempfile
-import time
 from dataclasses import replace
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 
-from klsc_lib.explain import Units, energy_dps_samples, paper_config
+from klsc_lib.explain import CostMeter, Units, energy_dps_samples, paper_config
 from klsc_lib.paper_values import TABLE11
 from klsc_lib.sae.transcoder import Transcoder, TranscoderConfig
 from klsc_lib.worlds.zoo import (CONVNEXT_LARGE, IMAGENET256_UNCOND, PAPER_HOOK, ConvNeXtArch, GuidedUNetConfig,
@@ -68,23 +67,17 @@ def random_paper_models(folder: Path, device: torch.device, arch: ConvNeXtArch =
 
 
 def measure(prior, units: Units, num_steps: int, batch_size: int, grad_through_denoiser: bool = True) -> dict:
-    """Seconds per sampler step and per 1000-step sample, and the CUDA peak, of
+    """Seconds per sampler step and per 1000-step sample, and the peak memory (CUDA; CPU: RSS growth), of
     ``paper_config`` (or its Jacobian-free variant) at ``batch_size`` (after a warm-up)."""
     cfg = replace(paper_config(), num_steps=num_steps, grad_through_denoiser=grad_through_denoiser)
     units_B = torch.arange(batch_size) * 97 % units.count
     seeds = list(range(batch_size))
     energy_dps_samples(prior, units, units_B, cfg.cap, replace(cfg, num_steps=2), seeds, batch_size=batch_size)
-    cuda = torch.cuda.is_available()
-    if cuda:
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    start = time.perf_counter()
-    _, psi_B = energy_dps_samples(prior, units, units_B, cfg.cap, cfg, seeds, batch_size=batch_size)
-    seconds = time.perf_counter() - start  # energy_dps_samples returns CPU tensors: synchronised
-    per_step = seconds / num_steps
+    with CostMeter() as meter:  # the warm-up returned CPU tensors, so the GPU is idle here
+        _, psi_B = energy_dps_samples(prior, units, units_B, cfg.cap, cfg, seeds, batch_size=batch_size)
+    per_step = meter.seconds / num_steps
     return {"batch_size": batch_size, "grad_through_denoiser": grad_through_denoiser, "seconds_per_step": per_step,
-            "seconds_per_sample_1000_steps": per_step * 1000 / batch_size,
-            "peak_mib": torch.cuda.max_memory_allocated() / 2**20 if cuda else float("nan"),
+            "seconds_per_sample_1000_steps": per_step * 1000 / batch_size, "peak_mib": meter.peak_bytes / 2**20,
             "psi_finite": bool(torch.isfinite(psi_B).all())}
 
 

@@ -232,10 +232,12 @@ def _seeds(n_units: int, n_per_unit: int, seed: int) -> list[int]:
     return [seed * 1_000_003 + b for b in range(n_units * n_per_unit)]
 
 
-class _Meter:
-    """Wall time and peak memory (CUDA peak allocation, else the growth of the peak RSS)."""
+class CostMeter:
+    """Wall time and peak memory (CUDA peak allocation, else the growth of the peak RSS) of
+    the work inside ``with CostMeter() as meter:`` (which must end synchronised, e.g. by
+    returning CPU tensors): ``meter.seconds``, ``meter.peak_bytes``."""
 
-    def __enter__(self) -> "_Meter":
+    def __enter__(self) -> "CostMeter":
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
         self.rss0 = _peak_rss()
@@ -310,7 +312,7 @@ def run_energy_dps(prior: Prior, units: Units, units_U: Sequence[int] | torch.Te
             bar.update()
         return memo[key]
 
-    with _Meter() as meter:
+    with CostMeter() as meter:
         if cfg.cap is not None:  # a fixed cap (paper_config)
             mean_psi(torch.full((u,), float(cfg.cap), dtype=torch.float64))
         elif not cfg.calibrate:
@@ -381,7 +383,7 @@ def run_maco(maco_prior: MacoPrior, units: Units, units_U: Sequence[int] | torch
                 x = centre(info["x_BCHW"])
                 pick.offer(info["i"], x, energy(x))
 
-    with _Meter() as meter:
+    with CostMeter() as meter:
         res = maco(energy, maco_prior, len(units_B), image_size, cfg.max_steps, cap_B=target_U.repeat_interleave(n),
                    lr=cfg.lr, crops_per_step=cfg.crops_per_step, seeds=_seeds(u, n, seed), device=device,
                    callback=callback, disable=disable)
@@ -475,7 +477,7 @@ def run_proxy(eps_given_embedding: Callable, emb_init: Callable[[int], torch.Ten
     embedding per sample); per unit, the first step whose mean psi reaches t_U."""
     units_U, target_U, units_B, energy, pick = _optimisation_setup(units, units_U, target_U, n_per_unit)
     n, u, device = n_per_unit, len(units_U), next(units.backbone.parameters()).device
-    with _Meter() as meter:
+    with CostMeter() as meter:
         res = proxy_guidance(energy, eps_given_embedding, emb_init(len(units_B)).to(device), prior.sample_shape,
                              DDIMChain.from_schedule(prior.schedule, cfg.chain_steps), cfg.max_steps, lr=cfg.lr,
                              cap_B=target_U.repeat_interleave(n), clip_x0=prior.clip_x0, seeds=_seeds(u, n, seed),
@@ -593,7 +595,7 @@ def matched_cost(prior: Prior, units: Units, units_U: torch.Tensor, target_U: to
     calib = run_energy_dps(prior, units, units_U, ref.psi_UN.mean(dim=1), n_per_unit,
                            replace(fast, cap=None, calibrate=True), seed, batch_size)
     units_B, cap_B = units.check(units_U).repeat_interleave(n_per_unit), calib.knob_U.repeat_interleave(n_per_unit)
-    with _Meter() as meter:
+    with CostMeter() as meter:
         x, psi = energy_dps_samples(prior, units, units_B, cap_B, fast, _seeds(len(units_U), n_per_unit, seed),
                                     batch_size)
     one = RunResult("EnergyDPS", calib.units_U, x.reshape(calib.images_UNCHW.shape), psi.reshape(calib.psi_UN.shape),
