@@ -8,6 +8,8 @@ PYTHON := $(ENV_DIR)/bin/python
 BOOTSTRAP_PYTHON ?= $(shell command -v python3.11 || command -v python3)
 STAMP := $(ENV_DIR)/.klsc-installed
 PROFILE ?= default
+# auto: CUDA, then MPS, then CPU; e.g. make figures DEVICE=cuda
+DEVICE ?= auto
 # Offline by design: no hub downloads at run time (see README, "Paper scale").
 export HF_HUB_OFFLINE := 1
 export PYTHONUNBUFFERED := 1
@@ -27,7 +29,7 @@ $(STAMP): pyproject.toml | $(PYTHON)
 	touch $@
 
 figures: $(STAMP)
-	$(PYTHON) -m klsc_lib.notebook_runner --profile $(PROFILE) --out figures
+	$(PYTHON) -m klsc_lib.notebook_runner --profile $(PROFILE) --device $(DEVICE) --out figures
 
 # One intra-op thread: results are bitwise independent of the thread count, which the
 # 1-vs-2-process pipeline tests compare (and small models run faster on a shared 2-core box).

@@ -45,6 +45,7 @@ from klsc_lib.baselines.proxy_guidance import (DDIMChain, class_embedding_table,
 from klsc_lib.constraints.calibration import bisect
 from klsc_lib.diffusion.energy_dps import sample_energy_dps_ddim, sample_energy_dps_ddpm
 from klsc_lib.diffusion.samplers import spaced_timesteps
+from klsc_lib.diffusion.speed import Speed, to_channels_last
 from klsc_lib.energies import Energy, feature_score, neuron_score
 from klsc_lib.energies.features import feature_pre_activation
 from klsc_lib.energies.reductions import reduce_map
@@ -160,6 +161,7 @@ class EnergyDPSConfig:
     cap_bracket: tuple[float, float] = (0.0, 1.5)
     calib_iters: int = 3
     calibrate: bool = True  # False (with cap None): one pass with the cap at t, no calibration
+    speed: Speed = Speed()  # how the networks run (klsc_lib.diffusion.speed); float32 eager by default
 
 
 def paper_config() -> EnergyDPSConfig:
@@ -265,17 +267,22 @@ def energy_dps_samples(prior: Prior, units: Units, units_B: torch.Tensor, cap_B:
     sampler = sample_energy_dps_ddpm if cfg.sampler == "ddpm" else sample_energy_dps_ddim
     cap = None if cap_B is None else torch.as_tensor(cap_B, dtype=torch.float32).expand(len(units_B))
     device = next(units.backbone.parameters()).device
+    speed = cfg.speed
+    if speed.channels_last:
+        to_channels_last(units.backbone, prior.eps)
+    fast_prior = speed.prior(prior)
     xs, psis = [], []
-    for s in range(0, len(units_B), batch_size):
-        ids = units_B[s:s + batch_size]
-        energy = units.energy(ids)
-        x = sampler(prior, energy, timesteps=timesteps, lam_B=cfg.scale,
-                    cap_B=None if cap is None else cap[s:s + batch_size], cap_mode=cfg.cap_mode,
-                    grad_through_denoiser=cfg.grad_through_denoiser, generators=list(seeds[s:s + batch_size]),
-                    device=device, disable=disable)
-        with torch.no_grad():
-            psis.append(energy(x).cpu())
-        xs.append(x.cpu())
+    with speed.math():
+        for s in range(0, len(units_B), batch_size):
+            ids = units_B[s:s + batch_size]
+            energy = units.energy(ids)
+            x = sampler(fast_prior, speed.energy(energy), timesteps=timesteps, lam_B=cfg.scale,
+                        cap_B=None if cap is None else cap[s:s + batch_size], cap_mode=cfg.cap_mode,
+                        grad_through_denoiser=cfg.grad_through_denoiser, generators=list(seeds[s:s + batch_size]),
+                        device=device, disable=disable)
+            with torch.no_grad():  # the reported psi in float32, whatever the speed options
+                psis.append(energy(x).cpu())
+            xs.append(x.cpu())
     return torch.cat(xs), torch.cat(psis)
 
 

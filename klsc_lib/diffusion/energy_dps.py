@@ -22,7 +22,9 @@ tilt p^lambda ∝ p e^{lambda psi} (eq. 24). Choices, made explicit:
   its own gradient; no batch-wide normalisation), and per-sample generators, so a
   batch of B equals B single runs with the same seeds.
 - ``cap_B`` with ``cap_mode`` clip / hinge / target (App J.2, :mod:`klsc_lib.energies.caps`).
-- NaN / inf in psi or its gradient raises :class:`NonFiniteGuidance`.
+- NaN / inf in psi or its gradient raises :class:`NonFiniteGuidance`: at once on CPU;
+  on an accelerator once the chain has run (the per-step check would wait for the
+  device every step), naming the first bad step all the same.
 """
 
 from __future__ import annotations
@@ -54,31 +56,72 @@ class GuidanceOutput(DenoiserOutput):
     grad: torch.Tensor | None = None
 
 
+def _psi_error(energy: Energy, n_bad: int, batch: int, i: int, t: int) -> NonFiniteGuidance:
+    return NonFiniteGuidance(
+        f"energy {energy.name!r} returned NaN/inf for {n_bad} of {batch} samples at reverse step {i} (diffusion "
+        f"timestep t={t}); make psi finite on every x0-hat the sampler can produce (guard divisions/logs, or clip "
+        "x0-hat to the data range)")
+
+
+def _grad_error(energy: Energy, i: int, t: int) -> NonFiniteGuidance:
+    return NonFiniteGuidance(f"the gradient of {energy.name!r} is NaN/inf at reverse step {i} (diffusion "
+                             f"timestep t={t}); psi is not differentiable at some x0-hat")
+
+
 def guidance_step(prior: Prior, energy: Energy, x: torch.Tensor, t: int, i: int = 0, *,
                   cap_B: torch.Tensor | float | None = None, cap_mode: str = "clip", kappa: float = 10.0,
-                  grad_through_denoiser: bool = True, variance: Variance = "auto") -> GuidanceOutput:
+                  grad_through_denoiser: bool = True, variance: Variance = "auto",
+                  check: bool = True) -> GuidanceOutput:
     """x0-hat at x_t and grad_{x_t} of obj(psi(x0-hat)) per sample (``i`` names the reverse
-    step in errors)."""
+    step in errors). ``check=False`` skips the NaN / inf checks, which wait for the GPU;
+    the sampler then checks every step's psi and gradient once, at the end."""
     with torch.enable_grad():
         x_in = x.detach().requires_grad_(grad_through_denoiser)
         out = denoise(prior.eps, prior.schedule, x_in, t, clip_x0=prior.clip_x0, variance=variance)
         wrt = x_in if grad_through_denoiser else out.denoised.detach().requires_grad_(True)
         psi_B = energy(out.denoised if grad_through_denoiser else wrt)
-        bad = ~torch.isfinite(psi_B)
-        if bad.any():
-            raise NonFiniteGuidance(
-                f"energy {energy.name!r} returned NaN/inf for {int(bad.sum())} of {len(psi_B)} samples at reverse "
-                f"step {i} (diffusion timestep t={t}); make psi finite on every x0-hat the sampler can produce "
-                "(guard divisions/logs, or clip x0-hat to the data range)")
+        if check and not torch.isfinite(psi_B).all():
+            raise _psi_error(energy, int((~torch.isfinite(psi_B)).sum()), len(psi_B), i, t)
         objective_B = capped_objective(psi_B, cap_B, cap_mode, kappa)
         (grad,) = torch.autograd.grad(objective_B.sum(), wrt)
     if not grad_through_denoiser:
         grad = grad / float(prior.schedule.alphas_cumprod_T[t]) ** 0.5  # d x0-hat / d x_t with eps held fixed
-    if not torch.isfinite(grad).all():
-        raise NonFiniteGuidance(f"the gradient of {energy.name!r} is NaN/inf at reverse step {i} (diffusion "
-                                f"timestep t={t}); psi is not differentiable at some x0-hat")
+    if check and not torch.isfinite(grad).all():
+        raise _grad_error(energy, i, t)
     log_var = None if out.log_variance is None else out.log_variance.detach()
     return GuidanceOutput(out.eps.detach(), out.denoised.detach(), log_var, psi_B.detach(), grad.detach())
+
+
+def defer_checks(device: torch.device) -> bool:
+    """Whether the guided samplers check psi and its gradient once, after the chain, instead
+    of at every step: on accelerators, where a per-step check waits for the device."""
+    return device.type != "cpu"
+
+
+class _FiniteLog:
+    """Per reverse step, on the device and without waiting for it: how many psi values
+    were NaN / inf and whether the gradient was; :meth:`raise_first` raises for the first
+    bad step, with the message :func:`guidance_step` would have given there."""
+
+    def __init__(self) -> None:
+        self.steps: list[tuple[int, int]] = []
+        self.bad_psi: list[torch.Tensor] = []
+        self.bad_grad: list[torch.Tensor] = []
+
+    def add(self, i: int, t: int, out: GuidanceOutput) -> None:
+        self.steps.append((i, t))
+        self.bad_psi.append((~torch.isfinite(out.psi)).sum())
+        self.bad_grad.append(~torch.isfinite(out.grad).all())
+
+    def raise_first(self, energy: Energy, batch: int) -> None:
+        if not self.steps:
+            return
+        bad_psi, bad_grad = torch.stack(self.bad_psi).tolist(), torch.stack(self.bad_grad).tolist()
+        for (i, t), n_psi, grad in zip(self.steps, bad_psi, bad_grad):
+            if n_psi:
+                raise _psi_error(energy, n_psi, batch, i, t)
+            if grad:
+                raise _grad_error(energy, i, t)
 
 
 def _per_sample(value, batch: int, like: torch.Tensor, what: str) -> torch.Tensor:
@@ -106,16 +149,22 @@ def _sample_guided(prior: Prior, energy: Energy | ScoreFn, x_T: torch.Tensor | N
     cap = None if cap_B is None else _per_sample(cap_B, batch, x_T, "cap_B").reshape(-1)
     schedule = prior.schedule
 
+    log, defer = _FiniteLog(), defer_checks(x_T.device)
+
     def guide(x: torch.Tensor, i: int, t: int, t_prev: int):
         out = guidance_step(prior, energy, x, t, i, cap_B=cap, cap_mode=cap_mode, kappa=kappa,
-                            grad_through_denoiser=grad_through_denoiser, variance=variance)
+                            grad_through_denoiser=grad_through_denoiser, variance=variance, check=not defer)
+        if defer:
+            log.add(i, t, out)
         zeta_i = zeta * (tilted_score_step_size(schedule, t, t_prev, 1.0 if eta is None else eta)
                          if step_size == "tilted_score" else 1.0)
         return out, (zeta_i * lam) * out.grad, {"psi": out.psi}
 
-    return reverse_process(prior.eps, x_T, schedule, eta=eta, callback=callback, disable=disable,
-                           generator=generators, timesteps=timesteps, clip_x0=prior.clip_x0, variance=variance,
-                           guide=guide)
+    x_0 = reverse_process(prior.eps, x_T, schedule, eta=eta, callback=callback, disable=disable,
+                          generator=generators, timesteps=timesteps, clip_x0=prior.clip_x0, variance=variance,
+                          guide=guide)
+    log.raise_first(energy, batch)
+    return x_0
 
 
 def sample_energy_dps_ddpm(prior: Prior, energy: Energy | ScoreFn, x_T: torch.Tensor | None = None, *,

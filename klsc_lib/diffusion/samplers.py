@@ -100,8 +100,10 @@ def noise_like(x: torch.Tensor, generator: torch.Generator | list[torch.Generato
     if isinstance(generator, list):
         if len(generator) != x.shape[0]:
             raise ValueError(f"{len(generator)} per-sample generators for a batch of {x.shape[0]}")
-        rows = [torch.randn(x.shape[1:], generator=g, dtype=x.dtype, device=g.device) for g in generator]
-        return torch.stack(rows).to(x.device)
+        rows = torch.stack([torch.randn(x.shape[1:], generator=g, dtype=x.dtype, device=g.device) for g in generator])
+        if rows.device.type == "cpu" and x.device.type == "cuda":  # no wait for the GPU
+            return rows.pin_memory().to(x.device, non_blocking=True)
+        return rows.to(x.device)
     device = generator.device if generator is not None else x.device
     return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=device).to(x.device)
 

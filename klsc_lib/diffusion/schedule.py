@@ -41,9 +41,20 @@ class DDPMSchedule:
     def alphas_cumprod_T(self) -> torch.Tensor:
         return torch.cumprod(1.0 - self.betas_T, dim=0)
 
+    def on_device(self, values_T: torch.Tensor, device: torch.device) -> torch.Tensor:
+        """``values_T`` on ``device``, copied there once (a copy per call would make the host
+        wait for the accelerator at every sampler step)."""
+        if values_T.device == device:
+            return values_T
+        cache = self.__dict__.setdefault("_on_device", {})
+        key = (id(values_T), str(device))
+        if key not in cache:
+            cache[key] = values_T.to(device)
+        return cache[key]
+
     def _gather(self, values_T: torch.Tensor, t_B: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         """values[t] shaped to broadcast against ``like`` (B, ...)."""
-        out_B = values_T.to(like.device)[t_B.long().to(like.device)].to(like.dtype)
+        out_B = self.on_device(values_T, like.device)[t_B.long().to(like.device)].to(like.dtype)
         return out_B.reshape(-1, *([1] * (like.ndim - 1)))
 
     def add_noise(self, x0: torch.Tensor, eps: torch.Tensor, t_B: torch.Tensor) -> torch.Tensor:

@@ -13,6 +13,8 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 
@@ -42,6 +44,18 @@ def _per_sample(ids_B: torch.Tensor, batch: int, what: str) -> torch.Tensor:
     if len(ids_B) != batch:
         raise ValueError(f"{len(ids_B)} {what} ids for a batch of {batch} samples; pass one id per sample or an int")
     return ids_B
+
+
+def _device_ids(ids_B: torch.Tensor) -> Callable[[torch.device], torch.Tensor]:
+    """``ids_B`` on a device, copied there once (a copy per call makes the host wait for the GPU)."""
+    copies: dict[torch.device, torch.Tensor] = {}
+
+    def on(device: torch.device) -> torch.Tensor:
+        if device not in copies:
+            copies[device] = ids_B.to(device)
+        return copies[device]
+
+    return on
 
 
 def _label(kind: str, ids_B: torch.Tensor) -> str:
@@ -78,9 +92,12 @@ def feature_score(backbone: HookedBackbone, transcoder: Transcoder, units_B: int
     _check_range(units, transcoder.cfg.d_sae, "feature")
     check_reduction(reduction, alpha, temperature)
 
+    units_on = _device_ids(units)
+
     def psi(x_BCHW: torch.Tensor) -> torch.Tensor:
         block_in, _ = backbone.hook_io(x_BCHW, stop=True)
-        pre_BHW = feature_pre_activation(transcoder, block_in, _per_sample(units, len(x_BCHW), "feature"))
+        pre_BHW = feature_pre_activation(transcoder, block_in,
+                                         _per_sample(units_on(block_in.device), len(x_BCHW), "feature"))
         return reduce_map(pre_BHW, reduction, center_frac, alpha, temperature)
 
     return Energy(psi, _label("feature", units))
@@ -93,10 +110,12 @@ def neuron_score(backbone: HookedBackbone, channels_B: int | torch.Tensor, reduc
     _check_range(channels, torch.iinfo(torch.long).max, "channel")
     check_reduction(reduction, alpha, temperature)
 
+    channels_on = _device_ids(channels)
+
     def psi(x_BCHW: torch.Tensor) -> torch.Tensor:
         _, out_BCHW = backbone.hook_io(x_BCHW, stop=True)
         _check_range(channels, out_BCHW.shape[1], "channel")
-        idx_B = _per_sample(channels, len(x_BCHW), "channel").to(out_BCHW.device)
+        idx_B = _per_sample(channels_on(out_BCHW.device), len(x_BCHW), "channel")
         return reduce_map(out_BCHW[torch.arange(len(idx_B), device=out_BCHW.device), idx_B],
                           reduction, center_frac, alpha, temperature)
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from klsc_lib.pipeline import distributed as D
-from klsc_lib.pipeline.worlds import WorldSpec, backbone, images
+from klsc_lib.pipeline.worlds import WorldSpec, images, rank_backbone
 from klsc_lib.sae.activation_cache import ActivationCache, ensure_manifest, missing_shards, write_shards
 
 SPLITS = ("train", "test")
@@ -29,7 +29,7 @@ def run_cache(spec: WorldSpec, out: str | Path, ranks: D.Ranks, n_images: int | 
               shard_size: int, batch_size: int, progress: bool = True) -> dict:
     """Cache both splits (the first ``n_images`` train / ``n_eval_images`` held-out
     images; None = all). Returns this rank's count of freshly computed images and seconds."""
-    net = D.primary_first(ranks, lambda: backbone(spec, ranks.device))
+    net = rank_backbone(spec, ranks)
     computed, t0 = 0, time.perf_counter()
     for split, n in (("train", n_images), ("test", n_eval_images)):
         data = images(spec, split)

@@ -29,7 +29,7 @@ from klsc_lib.paper_values import ENERGYDPS
 from klsc_lib.pipeline import distributed as D
 from klsc_lib.pipeline.index import index_path
 from klsc_lib.pipeline.train import RUN, transcoder_dir
-from klsc_lib.pipeline.worlds import WorldSpec, backbone, images, prior
+from klsc_lib.pipeline.worlds import WorldSpec, images, prior, rank_backbone
 from klsc_lib.runtime import config_hash
 from klsc_lib.sae.artifacts import load_transcoder
 from klsc_lib.sae.topk_index import TopKIndex
@@ -89,7 +89,7 @@ def run_sample(spec: WorldSpec, out: str | Path, ranks: D.Ranks, settings: Sampl
     chosen = choose_features(index, features, random_n, settings.seed)
     transcoder, _ = load_transcoder(transcoder_dir(out))
     transcoder.to(ranks.device).requires_grad_(False)
-    net = D.primary_first(ranks, lambda: backbone(spec, ranks.device))
+    net = rank_backbone(spec, ranks)
     diffusion = prior(spec, ranks.device)
     held_out = images(spec, "test") if settings.cap is None else None  # real images set the cap
     steps = min(settings.steps, diffusion.schedule.num_train_timesteps)

@@ -119,6 +119,17 @@ def backbone(spec: WorldSpec, device: torch.device) -> HookedBackbone:
     return dinov3_backbone(cfg.dinov3_path(), device=device, block=cfg.hook, image_size=cfg.image_size)
 
 
+def rank_backbone(spec: WorldSpec, ranks) -> HookedBackbone:
+    """:func:`backbone` on every rank: the mini-world on rank 0 first (it may build the world
+    into the shared cache on first use), the paper world on all ranks at once (its files are
+    only read, so loading in turn would serialise the start of every rank)."""
+    from klsc_lib.pipeline import distributed as D
+
+    if spec.world == "miniworld":
+        return D.primary_first(ranks, lambda: backbone(spec, ranks.device))
+    return backbone(spec, ranks.device)
+
+
 def prior(spec: WorldSpec, device: torch.device) -> Prior:
     """The unconditional diffusion prior on ``device``."""
     if spec.world == "miniworld":

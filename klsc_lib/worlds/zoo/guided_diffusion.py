@@ -209,8 +209,8 @@ def learned_range_log_variance(v_BCHW: torch.Tensor, t_B: torch.Tensor, schedule
     """guided-diffusion's learned-range variance (``model_var_type=LEARNED_RANGE``):
     log sigma_t^2 = f log beta_t + (1 - f) log beta-tilde_t with f = (v + 1) / 2, where
     beta-tilde_t is the posterior variance with its t = 0 value replaced by t = 1's."""
-    betas_T = schedule.betas_T
-    abar_T = schedule.alphas_cumprod_T
+    betas_T = schedule.on_device(schedule.betas_T, v_BCHW.device)
+    abar_T = schedule.on_device(schedule.alphas_cumprod_T, v_BCHW.device)
     abar_prev_T = torch.cat([abar_T.new_ones(1), abar_T[:-1]])
     post_var_T = betas_T * (1 - abar_prev_T) / (1 - abar_T)
     min_log_T = torch.log(torch.cat([post_var_T[1:2], post_var_T[1:]]))
@@ -245,7 +245,9 @@ class LearnedSigmaEps(nn.Module):
 
     def eps_and_log_variance(self, x_t: torch.Tensor, t_B: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         out = self._out(x_t, t_B)
-        v = out[:, self.channels:]
+        # in float32 even under autocast: respacing divides by log beta_t - log beta-tilde_t, ~1e-5 at
+        # large t, which would turn bf16 rounding of the log variance into an exploding variance
+        v = out[:, self.channels:].float()
         return out[:, : self.channels], learned_range_log_variance(v, torch.as_tensor(t_B).expand(x_t.shape[0]),
                                                                    self.schedule)
 
