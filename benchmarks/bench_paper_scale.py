@@ -24,7 +24,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from klsc_lib.explain import CostMeter, Units, energy_dps_samples, paper_config
+from klsc_lib.diffusion.energy_dps import sample_units
+from klsc_lib.diffusion.guidance import GuidanceConfig
+from klsc_lib.explain import CostMeter, Units
 from klsc_lib.paper_values import TABLE11
 from klsc_lib.sae.transcoder import Transcoder, TranscoderConfig
 from klsc_lib.worlds.zoo import (CONVNEXT_LARGE, IMAGENET256_UNCOND, PAPER_HOOK, ConvNeXtArch, GuidedUNetConfig,
@@ -68,13 +70,16 @@ def random_paper_models(folder: Path, device: torch.device, arch: ConvNeXtArch =
 
 def measure(prior, units: Units, num_steps: int, batch_size: int, grad_through_denoiser: bool = True) -> dict:
     """Seconds per sampler step and per 1000-step sample, and the peak memory (CUDA; CPU: RSS growth), of
-    ``paper_config`` (or its Jacobian-free variant) at ``batch_size`` (after a warm-up)."""
-    cfg = replace(paper_config(), num_steps=num_steps, grad_through_denoiser=grad_through_denoiser)
+    ``GuidanceConfig.paper()`` (or its Jacobian-free variant; the paper's 1.0 per step) at ``batch_size`` (after a
+    warm-up)."""
+    cfg = replace(GuidanceConfig.paper(), num_steps=num_steps, strength=num_steps / prior.schedule.num_train_timesteps,
+                  grad_through_denoiser=grad_through_denoiser)
     units_B = torch.arange(batch_size) * 97 % units.count
     seeds = list(range(batch_size))
-    energy_dps_samples(prior, units, units_B, cfg.cap, replace(cfg, num_steps=2), seeds, batch_size=batch_size)
+    sample_units(prior, units.energy, units_B, replace(cfg, num_steps=2), seeds, batch_size=batch_size,
+                 device=units.device)
     with CostMeter() as meter:  # the warm-up returned CPU tensors, so the GPU is idle here
-        _, psi_B = energy_dps_samples(prior, units, units_B, cfg.cap, cfg, seeds, batch_size=batch_size)
+        _, psi_B = sample_units(prior, units.energy, units_B, cfg, seeds, batch_size=batch_size, device=units.device)
     per_step = meter.seconds / num_steps
     return {"batch_size": batch_size, "grad_through_denoiser": grad_through_denoiser, "seconds_per_step": per_step,
             "seconds_per_sample_1000_steps": per_step * 1000 / batch_size, "peak_mib": meter.peak_bytes / 2**20,

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from _tiny_world import tiny_transcoder, tiny_world
-from klsc_lib.explain import (EnergyDPSConfig, Units, draw_units, explain_neurons, feature_units, stored_samples,
+from klsc_lib.diffusion.guidance import GuidanceConfig
+from klsc_lib.explain import (Units, draw_units, explain_neurons, feature_units, stored_samples,
                               store_config)
 from klsc_lib.sae.artifacts import TranscoderRecipe
 from klsc_lib.samples_store import SamplesStore
@@ -58,7 +59,7 @@ def test_feature_units_train_once_then_load_frozen(world, tmp_path, monkeypatch)
 
 
 def test_explain_neurons_targets_are_brute_force_and_the_store_is_reused(world, tmp_path):
-    cfg = EnergyDPSConfig(num_steps=5, scale=2.0, calibrate=False)
+    cfg = GuidanceConfig(num_steps=5, strength=2.0 * 5 / 1000, grad_through_denoiser=False, cap_rule="target")
     store = SamplesStore("EnergyDPS", "Neuron", store_config("EnergyDPS", cfg, 2, 0, {"w": 1}), root=tmp_path)
     images = world.test.images[:32]
     ids, t_U, psi = explain_neurons(store, world, 3, torch.Generator().manual_seed(0), images, 2, cfg, k_target=2)
@@ -69,5 +70,5 @@ def test_explain_neurons_targets_are_brute_force_and_the_store_is_reused(world, 
     x_UNCHW, psi_UN = stored_samples(store, ids)
     assert x_UNCHW.shape == (3, 2, 3, 32, 32) and torch.equal(psi_UN, torch.stack([psi[int(u)] for u in ids]))
     again = explain_neurons(store, world, 3, torch.Generator().manual_seed(0), images, 2,
-                            EnergyDPSConfig(num_steps=5, scale=float("nan"), calibrate=False), k_target=2)[2]
+                            GuidanceConfig(num_steps=5, strength=float("nan"), cap_rule="target"), k_target=2)[2]
     assert all(torch.equal(again[u], psi[u]) for u in psi)  # read back, not resampled (a NaN scale would raise)

@@ -1,6 +1,6 @@
 """DDPM noise schedule (Ho et al. 2020) as a stateless config, in the style of
-diffusers schedulers: the config holds only numbers, every method is a pure
-function of its arguments, and :meth:`DDPMSchedule.step` returns a small dataclass.
+diffusers schedulers: the config holds only numbers and every method is a pure
+function of its arguments. The reverse steps live in :mod:`klsc_lib.diffusion.samplers`.
 
 Paper: App G (VP-SDE), I.3 eq. (208) Algorithm 1 lines 3-6. Defaults are
 the DPS / guided-diffusion ImageNet-256 settings: 1000 steps, linear
@@ -13,12 +13,6 @@ from dataclasses import dataclass
 from functools import cached_property
 
 import torch
-
-
-@dataclass(frozen=True)
-class DDPMStepOutput:
-    prev_sample: torch.Tensor  # x_{t-1}
-    pred_original_sample: torch.Tensor  # Tweedie x0-hat
 
 
 @dataclass(frozen=True)
@@ -63,35 +57,3 @@ class DDPMSchedule:
     def score_from_eps(self, eps: torch.Tensor, t_B: torch.Tensor) -> torch.Tensor:
         abar = self._gather(self.alphas_cumprod_T, t_B, eps)
         return -eps / (1 - abar).sqrt()
-
-    def posterior_variance(self, t_B: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        """beta-tilde_t = beta_t (1 - abar_{t-1}) / (1 - abar_t); zero at t = 0."""
-        abar = self.alphas_cumprod_T
-        abar_prev = torch.cat([abar.new_ones(1), abar[:-1]])
-        var_T = self.betas_T * (1 - abar_prev) / (1 - abar)
-        return self._gather(var_T, t_B, like)
-
-    def step(self, eps: torch.Tensor, t_B: torch.Tensor, x_t: torch.Tensor, noise: torch.Tensor | None = None,
-             clip_x0: tuple[float, float] | None = None) -> DDPMStepOutput:
-        """One ancestral step x_t -> x_{t-1} (Algorithm 1 lines 4-6).
-
-        ``noise`` is the standard normal z (drawn by the caller, so sampling stays
-        reproducible); it is ignored where t = 0. ``clip_x0`` clamps x0-hat as the
-        guided-diffusion code does (``clip_denoised=True``).
-        """
-        abar_T = self.alphas_cumprod_T
-        abar_prev_T = torch.cat([abar_T.new_ones(1), abar_T[:-1]])
-        x0 = self.predict_x0(x_t, eps, t_B)
-        if clip_x0 is not None:
-            x0 = x0.clamp(*clip_x0)
-        abar = self._gather(abar_T, t_B, x_t)
-        abar_prev = self._gather(abar_prev_T, t_B, x_t)
-        beta = self._gather(self.betas_T, t_B, x_t)
-        coef_x0 = abar_prev.sqrt() * beta / (1 - abar)
-        coef_xt = (1 - beta).sqrt() * (1 - abar_prev) / (1 - abar)
-        mean = coef_x0 * x0 + coef_xt * x_t
-        if noise is None:
-            return DDPMStepOutput(mean, x0)
-        nonzero = (t_B > 0).to(x_t.dtype).reshape(-1, *([1] * (x_t.ndim - 1))).to(x_t.device)
-        std = self.posterior_variance(t_B, x_t).sqrt()
-        return DDPMStepOutput(mean + nonzero * std * noise, x0)

@@ -11,7 +11,8 @@ cache root, the inspector's own EnergyDPS runs, and images as PNG bytes.
 - :func:`find_stores`: every :class:`~klsc_lib.samples_store.SamplesStore` of one unit
   kind under a root, grouped by method.
 - :func:`sample_feature`: a batch of EnergyDPS samples (Algorithm 1, App J.4) for one
-  feature at one guidance strength and cap, with their psi and their index score.
+  feature under a :class:`~klsc_lib.diffusion.guidance.GuidanceConfig`, with their psi
+  and their index score.
 """
 
 from __future__ import annotations
@@ -27,8 +28,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from klsc_lib.diffusion.energy_dps import sample_energy_dps_ddpm
-from klsc_lib.diffusion.samplers import spaced_timesteps
+from klsc_lib.diffusion.energy_dps import sample_units
+from klsc_lib.diffusion.guidance import GuidanceConfig
 from klsc_lib.energies import feature_score
 from klsc_lib.interfaces import HookedBackbone, Prior
 from klsc_lib.paper_values import METHODS
@@ -184,21 +185,15 @@ class SampleBatch:
     peak_B: torch.Tensor  # the index's score (peak TopK code), for the histogram
 
 
-def sample_feature(prior: Prior, backbone: HookedBackbone, transcoder: Transcoder, feature: int, *, n: int,
-                   strength: float, cap: float, steps: int, seeds: Sequence[int],
-                   callback: Callable[[dict], None] | None = None) -> SampleBatch:
-    """``n`` EnergyDPS samples of ``feature`` (Algorithm 1 on respaced DDPM, Jacobian-free,
-    per-step scale ``strength``, clip cap ``cap`` on psi), one seed per sample."""
-    if len(seeds) != n:
-        raise ValueError(f"need one seed per sample, got {len(seeds)} seeds for {n} samples")
-    energy = feature_score(backbone, transcoder, feature)
-    device = transcoder.W_enc_FCkk.device
-    x_BCHW = sample_energy_dps_ddpm(prior, energy, timesteps=spaced_timesteps(prior.schedule, steps),
-                                    lam_B=strength, cap_B=cap, grad_through_denoiser=False, generators=list(seeds),
-                                    device=device, callback=callback, disable=True).detach()
-    with torch.no_grad():
-        psi_B = energy(x_BCHW).float().cpu()
-    return SampleBatch(x_BCHW.float().cpu(), psi_B, peak_code(backbone, transcoder, feature, x_BCHW)[0])
+def sample_feature(prior: Prior, backbone: HookedBackbone, transcoder: Transcoder, feature: int,
+                   guidance: GuidanceConfig, seeds: Sequence[int], callback: Callable[[dict], None] | None = None
+                   ) -> SampleBatch:
+    """EnergyDPS samples of ``feature`` (Algorithm 1, App J.4) as ``guidance`` says (the
+    inspector sets its strength and a fixed cap from the sliders), one per seed."""
+    units_B = torch.full((len(seeds),), int(feature))
+    x_BCHW, psi_B = sample_units(prior, lambda ids: feature_score(backbone, transcoder, ids), units_B, guidance,
+                                 seeds, batch_size=len(seeds), device=transcoder.W_enc_FCkk.device, callback=callback)
+    return SampleBatch(x_BCHW.float(), psi_B.float(), peak_code(backbone, transcoder, feature, x_BCHW)[0])
 
 
 # ---------------------------------------------------------------- pictures
