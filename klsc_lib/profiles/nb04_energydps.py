@@ -5,8 +5,9 @@ The transcoder is notebook 03's (same world, same recipe, so it loads from the c
 ``GuidanceConfig.paper()`` (1000 DDPM steps through the denoiser, scale 1, cap 15),
 MACO 1000 steps (the reference's default), DiffExplainer 50 DDIM steps, Table 10's 1k
 samples per strength. ``smoke`` and ``default`` run the fast configuration for the sweeps
-and ``GuidanceConfig.paper()`` on a few samples for the cost comparison (Table 11). :func:`samples_stores` names the stores a profile's run writes,
-so notebook 05 reads exactly notebook 04's samples.
+and ``GuidanceConfig.paper()`` on a few samples for the cost comparison (Table 11).
+:func:`samples_stores` names the stores a profile's run writes, so notebook 05 reads
+exactly notebook 04's samples.
 """
 
 from __future__ import annotations
