@@ -14,9 +14,8 @@ from torch import nn
 from klsc_lib.diffusion.energy_dps import sample_energy_dps
 from klsc_lib.diffusion.gmm_oracle import gmm_oracle_prior
 from klsc_lib.diffusion.guidance import GuidanceConfig
-from klsc_lib.diffusion.schedule import DDPMSchedule
 from klsc_lib.energies import angular_energy, feature_score
-from klsc_lib.interfaces import HookedBackbone, Prior
+from klsc_lib.interfaces import DDPMSchedule, HookedBackbone, Prior
 from klsc_lib.sae.transcoder import Transcoder, TranscoderConfig
 from klsc_lib.worlds.gmm import four_mode_gmm
 

@@ -19,11 +19,10 @@ from torch import nn
 
 from benchmarks.bench_energydps import _Net
 from klsc_lib.baselines.maco import MacoPrior
-from klsc_lib.diffusion.schedule import DDPMSchedule
 from klsc_lib.diffusion.energy_dps import sample_units
 from klsc_lib.diffusion.guidance import GuidanceConfig
 from klsc_lib.explain import MacoConfig, Units, matched_cost, run_maco
-from klsc_lib.interfaces import HookedBackbone, Prior
+from klsc_lib.interfaces import DDPMSchedule, HookedBackbone, Prior
 from klsc_lib.sae.transcoder import Transcoder, TranscoderConfig
 
 BATCH = 64

@@ -11,12 +11,11 @@ from torch import nn
 
 from klsc_lib.diffusion.energy_dps import NonFiniteGuidance, sample_energy_dps
 from klsc_lib.diffusion.guidance import GuidanceConfig
-from klsc_lib.diffusion.gmm_oracle import gmm_oracle_prior
+from klsc_lib.diffusion.gmm_oracle import GaussianMixture, gmm_oracle_prior
 from klsc_lib.diffusion.samplers import initial_noise, sample_ddim, sample_ddpm, spaced_timesteps
-from klsc_lib.diffusion.schedule import DDPMSchedule
 from klsc_lib.energies import Energy, angular_energy, feature_score
-from klsc_lib.interfaces import Prior
-from klsc_lib.worlds.gmm import GaussianMixture, four_mode_gmm
+from klsc_lib.interfaces import DDPMSchedule, Prior
+from klsc_lib.worlds.gmm import four_mode_gmm
 from tests.test_energies import channel_reader, identity_backbone
 
 pytestmark = pytest.mark.usefixtures("one_thread")

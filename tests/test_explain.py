@@ -10,13 +10,12 @@ from torch import nn
 from klsc_lib.baselines.maco import MacoPrior
 from klsc_lib.diffusion.energy_dps import NonFiniteGuidance
 from klsc_lib.diffusion.samplers import initial_noise, sample_ddpm, spaced_timesteps
-from klsc_lib.diffusion.schedule import DDPMSchedule
 from klsc_lib.diffusion.energy_dps import sample_units
 from klsc_lib.diffusion.guidance import GuidanceConfig, sample_seeds
 from klsc_lib.explain import (MacoConfig, ProxyConfig, RunResult, Units, _FirstReach, explain, matched_cost,
                               object_drift, run_energy_dps, run_maco, run_proxy, store_config, strength_ablation,
                               topk_targets)
-from klsc_lib.interfaces import HookedBackbone, Prior
+from klsc_lib.interfaces import DDPMSchedule, HookedBackbone, Prior
 from klsc_lib.paper_values import ENERGYDPS
 from klsc_lib.sae.transcoder import Transcoder, TranscoderConfig
 from klsc_lib.samples_store import SamplesStore

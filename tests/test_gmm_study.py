@@ -13,7 +13,7 @@ from klsc_lib.constraints.calibration import Calibrated
 from klsc_lib.constraints.score_variable import EmpiricalScore, midpoint_grid_2d
 from klsc_lib.diffusion.exact_guidance import ExactTiltGuidance
 from klsc_lib.diffusion.gmm_oracle import GMMOracle, gmm_oracle_prior
-from klsc_lib.diffusion.schedule import DDPMSchedule
+from klsc_lib.interfaces import DDPMSchedule
 from klsc_lib.energies import angular_energy
 from klsc_lib.profiles import get_profile
 from klsc_lib.worlds.gmm import four_mode_gmm

@@ -14,9 +14,9 @@ from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel, UNet2D
 from klsc_lib.baselines.proxy_guidance import (DDIMChain, class_embedding_table, ddim_x0, load_sd15, proxy_guidance,
                                                unet2d_eps_given_embedding)
 from klsc_lib.diffusion.samplers import sample_ddim
-from klsc_lib.diffusion.schedule import DDPMSchedule
+from klsc_lib.interfaces import DDPMSchedule
 from klsc_lib.worlds.miniworld.data import IMAGE_SIZE
-from klsc_lib.worlds.zoo.errors import WeightsFileError
+from klsc_lib.weights import WeightsFileError
 
 SCHEDULE = DDPMSchedule(100, 1e-3, 0.05)
 SHAPE = (3, IMAGE_SIZE, IMAGE_SIZE)

@@ -10,8 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from klsc_lib.diffusion.schedule import DDPMSchedule
-from klsc_lib.interfaces import HookedBackbone, Prior
+from klsc_lib.interfaces import DDPMSchedule, HookedBackbone, Prior
 from klsc_lib.sae.transcoder import Transcoder, TranscoderConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")

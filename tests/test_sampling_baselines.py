@@ -17,8 +17,9 @@ from klsc_lib.diffusion.energy_dps import sample_energy_dps
 from klsc_lib.diffusion.guidance import GuidanceConfig
 from klsc_lib.diffusion.gmm_oracle import gmm_oracle_prior
 from klsc_lib.energies import angular_energy, reference_energy
-from klsc_lib.diffusion.schedule import DDPMSchedule
-from klsc_lib.worlds.gmm import AngularScore, four_mode_gmm
+from klsc_lib.interfaces import DDPMSchedule
+from klsc_lib.energies.toy import AngularScore
+from klsc_lib.worlds.gmm import four_mode_gmm
 from klsc_lib.analysis.kde import Grid2D
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from klsc_lib.diffusion.schedule import DDPMSchedule
+from klsc_lib.interfaces import DDPMSchedule
 
 
 def test_alpha_bar_is_the_float64_product_of_one_minus_beta():

@@ -43,13 +43,12 @@ from klsc_lib.constraints.hard_vs_tilt import (effective_sample_size, kl_tilt, r
 from klsc_lib.constraints.score_variable import EmpiricalScore
 from klsc_lib.diffusion.energy_dps import guidance_step, sample_energy_dps
 from klsc_lib.diffusion.exact_guidance import ExactTiltGuidance
-from klsc_lib.diffusion.gmm_oracle import GMMOracle
+from klsc_lib.diffusion.gmm_oracle import GMMOracle, GaussianMixture
 from klsc_lib.diffusion.guidance import GuidanceConfig
 from klsc_lib.diffusion.samplers import sample_ddpm, spaced_timesteps
 from klsc_lib.energies import reference_energy
 from klsc_lib.energies.base import Energy
 from klsc_lib.interfaces import Prior
-from klsc_lib.worlds.gmm import GaussianMixture
 
 ENERGY_DPS_STEPS = {"EnergyDPS": "tilted_score", "EnergyDPS (constant step)": "constant"}
 METHODS = ("retrieval", "OR", *ENERGY_DPS_STEPS)

@@ -32,8 +32,8 @@ from tqdm.auto import tqdm
 from klsc_lib.baselines.image_common import (EnergyFn, as_cap, capped, checked_psi, randn_per_sample,
                                              replaced_output, sample_generators)
 from klsc_lib.diffusion.samplers import spaced_timesteps
-from klsc_lib.diffusion.schedule import DDPMSchedule
-from klsc_lib.worlds.zoo.errors import WeightsFileError, WeightsSource
+from klsc_lib.interfaces import DDPMSchedule
+from klsc_lib.weights import WeightsFileError, WeightsSource
 
 EmbEpsFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # (x_t, t_B, emb) -> eps
 

@@ -33,7 +33,7 @@ from typing import Literal
 import torch
 
 from klsc_lib.diffusion.samplers import Variance, spaced_timesteps
-from klsc_lib.diffusion.schedule import DDPMSchedule
+from klsc_lib.interfaces import DDPMSchedule
 from klsc_lib.energies.caps import CAP_MODES
 from klsc_lib.paper_values import ENERGYDPS, FEATURE_SCORE
 

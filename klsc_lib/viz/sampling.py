@@ -11,7 +11,7 @@ import torch
 from klsc_lib.analysis.kde import Grid2D
 from klsc_lib.baselines.gmm_study import METHODS, ExactVsPlugin, mean_sd
 from klsc_lib.constraints.calibration import Calibrated
-from klsc_lib.worlds.gmm import GaussianMixture
+from klsc_lib.diffusion.gmm_oracle import GaussianMixture
 
 def knob_text(method: str, res: Calibrated) -> str:
     """'k = 18,838' (retrieval), 'beta = 3.2' (OR), 'lambda = 0.41' (EnergyDPS) in mathtext."""

@@ -5,7 +5,7 @@ diffusers DDPM folder for the App L.2.2 ablation) and, optionally, ImageNet imag
 
 Every path is resolved as: environment variable if set, else the config field, else
 ``cache_dir()/weights/<published file name>``. Nothing is downloaded; a missing file
-raises :class:`~klsc_lib.worlds.zoo.errors.WeightsFileError` saying where to put it.
+raises :class:`~klsc_lib.weights.WeightsFileError` saying where to put it.
 """
 
 from __future__ import annotations
