@@ -49,7 +49,6 @@ from klsc_lib.energies.features import feature_pre_activation
 from klsc_lib.energies.reductions import reduce_map
 from klsc_lib.interfaces import HookedBackbone, Prior, World
 from klsc_lib.paper_values import ENERGYDPS, FEATURE_SCORE
-from klsc_lib.runtime import config_hash
 from klsc_lib.sae.artifacts import TranscoderRecipe, load_or_fit_transcoder
 from klsc_lib.samples_store import SamplesStore
 from klsc_lib.sae.transcoder import Transcoder
@@ -127,13 +126,12 @@ class Units:
         return psi_BU
 
 
-def feature_units(world: World, world_config: Any, recipe: TranscoderRecipe, seed: int = 0,
-                  device: str | torch.device = "cpu") -> Units:
+def feature_units(world: World, recipe: TranscoderRecipe, seed: int = 0, device: str | torch.device = "cpu") -> Units:
     """The features of ``recipe``'s transcoder on ``world`` (notebook 03's, loaded from the
-    cache or trained now), frozen with the backbone; ``world_config`` (the world's
-    config dataclass) keys the cache."""
-    world_key = {"world_config": config_hash(asdict(world_config))}
-    tc = load_or_fit_transcoder(world, recipe, world_key=world_key, seed=seed, device=device).model
+    cache or trained now, keyed by ``world.key``), frozen with the backbone."""
+    if not world.key:
+        raise ValueError(f"world {world.name!r} has no key: set World.key = klsc_lib.runtime.world_key(its config)")
+    tc = load_or_fit_transcoder(world, recipe, world_key=world.key, seed=seed, device=device).model
     world.backbone.requires_grad_(False)
     return Units("Feature", world.backbone, tc.requires_grad_(False), image_size=world.image_size)
 

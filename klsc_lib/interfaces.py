@@ -254,6 +254,7 @@ class World:
     quality: dict = field(default_factory=dict)  # quality metrics measured when built / loaded
     factor_prior: FactorConditionalPrior | None = None  # p(x | any subset of factors); mini-world only
     factor_classifier: nn.Module | None = None  # image -> {factor: logits}, separate from the backbone; mini-world only
+    key: dict = field(default_factory=dict)  # identity for cache keys: klsc_lib.runtime.world_key(config)
 
     @property
     def image_size(self) -> int:

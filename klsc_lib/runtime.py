@@ -4,6 +4,7 @@ folder, config hashing and atomic file writes."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -49,6 +50,13 @@ def config_hash(config: Any, length: int = 12) -> str:
     cache folders so that a changed setting never reuses a stale artefact."""
     blob = json.dumps(config, sort_keys=True, default=str, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:length]
+
+
+def world_key(world_config: Any) -> dict[str, str]:
+    """The one identity of a world (its config dataclass hashed), carried as
+    :attr:`klsc_lib.interfaces.World.key` and put into every cache key that depends on
+    the world's weights and data (activation caches, transcoders, samples stores)."""
+    return {"world_config": config_hash(dataclasses.asdict(world_config))}
 
 
 @contextlib.contextmanager

@@ -74,7 +74,7 @@ if cfg.threads:
 report = Report("04_energydps", out_dir, profile, seed, dev)
 world = load_world(cfg.world, dev)
 record_world(report, world)
-units = feature_units(world, cfg.world, cfg.recipe, seed, dev)
+units = feature_units(world, cfg.recipe, seed, dev)
 half = len(world.test) // 2  # first half: dataset search; second half: KID reference
 real = torch.stack([world.test[i][0] for i in range(len(world.test))])
 n = cfg.n_per_unit

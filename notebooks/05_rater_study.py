@@ -144,7 +144,7 @@ if simulated:
     stores = samples_stores(profile, seed, create=False)  # stops here if notebook 04 has not run
     cfg04 = get_profile("04_energydps", profile)
     world = load_world(cfg04.world, dev)
-    features = feature_units(world, cfg04.world, cfg04.recipe, seed, dev)
+    features = feature_units(world, cfg04.recipe, seed, dev)
     concepts = {}  # (unit kind, id) -> (factor, value), as notebook 04 fixes them
     for kind, u_set in (("Feature", features), ("Neuron", Units("Neuron", world.backbone, image_size=world.image_size))):
         ids = sorted({u for (_, k), s in stores.items() if k == kind for u in s.units()})

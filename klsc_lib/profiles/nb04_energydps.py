@@ -12,14 +12,14 @@ exactly notebook 04's samples.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from klsc_lib.diffusion.guidance import GuidanceConfig
 from klsc_lib.explain import MacoConfig, ProxyConfig, store_config
 from klsc_lib.profiles.nb03_sae_training import PROFILES as NB03
-from klsc_lib.runtime import config_hash
+from klsc_lib.runtime import world_key
 from klsc_lib.sae.artifacts import TranscoderRecipe
 from klsc_lib.samples_store import SamplesStore
 
@@ -77,13 +77,13 @@ def samples_stores(profile: str, seed: int = 0, root: str | Path | None = None,
     (Table 7). With ``create=False`` a missing or empty store raises one
     :class:`FileNotFoundError` that says which notebook run makes them."""
     p = PROFILES[profile]
-    world_key = {"world_config": config_hash(asdict(p.world))}
-    configs = {("TopK", "Feature"): store_config("TopK", None, p.k_target, seed, world_key),
-               ("MACO", "Feature"): store_config("MACO", p.maco, p.n_per_unit, seed, world_key),
-               ("DiffExplainer", "Feature"): store_config("DiffExplainer", p.proxy, p.n_per_unit, seed, world_key),
-               ("EnergyDPS", "Feature"): store_config("EnergyDPS", p.fast, p.n_per_unit, seed, world_key),
+    key = world_key(p.world)
+    configs = {("TopK", "Feature"): store_config("TopK", None, p.k_target, seed, key),
+               ("MACO", "Feature"): store_config("MACO", p.maco, p.n_per_unit, seed, key),
+               ("DiffExplainer", "Feature"): store_config("DiffExplainer", p.proxy, p.n_per_unit, seed, key),
+               ("EnergyDPS", "Feature"): store_config("EnergyDPS", p.fast, p.n_per_unit, seed, key),
                ("EnergyDPS", "Neuron"): store_config("EnergyDPS", replace(p.fast, cap_rule="target"),
-                                                     p.n_neuron_samples, seed, world_key)}
+                                                     p.n_neuron_samples, seed, key)}
     try:
         stores = {key: SamplesStore(*key, c, root=root, create=create) for key, c in configs.items()}
         if not create and (empty := [k for k, s in stores.items() if not s.units()]):

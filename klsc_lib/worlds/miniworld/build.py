@@ -42,7 +42,7 @@ from klsc_lib.worlds.miniworld.models import (NUM_DIGITS, build_convnext, build_
                                        schedule_of)
 from klsc_lib.worlds.miniworld.training import train_resumable
 from klsc_lib.worlds.miniworld.factor_classifier import FactorClassifier, factor_accuracy, factor_loss, read_factors
-from klsc_lib.runtime import atomic_path, atomic_write_text, cache_dir, resolve_device
+from klsc_lib.runtime import atomic_path, atomic_write_text, cache_dir, resolve_device, world_key
 from klsc_lib.interfaces import HookedBackbone, World
 from klsc_lib.worlds.miniworld import shipped
 
@@ -213,7 +213,7 @@ def _assemble(cfg: MiniWorldConfig, backbone: HookedBackbone, unet: nn.Module, c
     return World(name=cfg.name, backbone=backbone.eval().requires_grad_(False), prior=prior,
                  cond_prior=cond_prior, train=train, test=test, factor_names=FACTOR_NAMES,
                  num_classes=NUM_DIGITS, factor_prior=factor_prior,
-                 factor_classifier=classifier.eval().requires_grad_(False))
+                 factor_classifier=classifier.eval().requires_grad_(False), key=world_key(cfg))
 
 
 def _networks(cfg: MiniWorldConfig, device: torch.device) -> tuple[HookedBackbone, nn.Module, FactorClassifier]:
