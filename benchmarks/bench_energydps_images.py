@@ -21,9 +21,11 @@ from benchmarks.bench_energydps import _Net
 from klsc_lib.baselines.maco import MacoPrior
 from klsc_lib.diffusion.energy_dps import sample_units
 from klsc_lib.diffusion.guidance import GuidanceConfig
-from klsc_lib.explain import MacoConfig, Units, matched_cost, run_maco
+from klsc_lib.energies.units import Units
+from klsc_lib.explain import MacoConfig, run_maco
 from klsc_lib.interfaces import DDPMSchedule, HookedBackbone, Prior
 from klsc_lib.sae.transcoder import Transcoder, TranscoderConfig
+from klsc_lib.studies.nb04_energydps import matched_cost
 
 BATCH = 64
 

@@ -239,6 +239,25 @@ class FactorConditionalPrior:
         return self.given_embedding(self.embed(factors, batch), guided=True)
 
 
+@dataclass(frozen=True)
+class FactorReader:
+    """Reads a world's generative factors off images, independently of the explained
+    backbone (ground-truth concept accuracy, App L.2), and a second feature space for KID."""
+
+    read: Callable[[torch.Tensor], dict[str, torch.Tensor]]  # images_BCHW -> {factor: value_B}
+    features: Callable[[torch.Tensor], torch.Tensor]  # images_BCHW -> features_BD
+    name: str
+
+
+@dataclass(frozen=True)
+class PromptProxy:
+    """The conditional prior a DiffExplainer-style baseline steers through its prompt
+    embedding (App J.3.2): eps given an embedding, and the initial embedding of a batch."""
+
+    eps_given_embedding: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+    initial: Callable[[int], torch.Tensor]  # batch -> embedding_BD
+
+
 @dataclass
 class World:
     """Backbone + priors + data of one world (see module docstring)."""
@@ -255,6 +274,9 @@ class World:
     factor_prior: FactorConditionalPrior | None = None  # p(x | any subset of factors); mini-world only
     factor_classifier: nn.Module | None = None  # image -> {factor: logits}, separate from the backbone; mini-world only
     key: dict = field(default_factory=dict)  # identity for cache keys: klsc_lib.runtime.world_key(config)
+    factor_reader: FactorReader | None = None  # None: read factors from the nearest real images in pixel space
+    prompt_proxy: PromptProxy | None = None  # None: no proxy-guidance baseline in this world
+    value_names: dict[str, list[str]] = field(default_factory=dict)  # readable factor values, e.g. colour names
 
     @property
     def image_size(self) -> int:

@@ -53,14 +53,14 @@ from klsc_lib.baselines.maco import MacoPrior
 from klsc_lib.energies import class_logit
 from klsc_lib.diffusion.energy_dps import sample_units
 from klsc_lib.diffusion.guidance import sample_seeds, unit_seeds
-from klsc_lib.explain import (draw_units, explain, explain_neurons, feature_units, matched_cost, object_drift,
-                              run_energy_dps, run_maco, run_proxy, stored_samples, strength_ablation, world_proxy,
-                              world_reader)
+from klsc_lib.explain import explain, feature_units, run_energy_dps, run_maco, run_proxy, stored_samples
 from klsc_lib.paper_values import TABLE3, TABLE10, TABLE11
 from klsc_lib.profiles import get_profile
 from klsc_lib.profiles.nb04_energydps import samples_stores
 from klsc_lib.report import Report
 from klsc_lib.runtime import resolve_device, seed_everything
+from klsc_lib.studies.nb04_energydps import (draw_units, explain_neurons, matched_cost, object_drift,
+                                            strength_ablation, world_reader)
 from klsc_lib.viz.explanations import feature_panels, method_rows, metric_bars, strength_curve, strip
 from klsc_lib.viz.world import record_world
 from klsc_lib.worlds import load_world
@@ -100,9 +100,9 @@ report.metric("features", {"n": len(feats), "eligible_of_drawn": f"{drawn.eligib
 # %%
 stores = {m: s for (m, kind), s in samples_stores(profile, seed).items() if kind == "Feature"}
 samples = {"TopK": (search.images_UKCHW[:, :cfg.k_target], search.psi_UK[:, :cfg.k_target])}
-maco_prior, (eps_emb, emb0) = MacoPrior.from_images(real[:half]), world_proxy(world)
+maco_prior = MacoPrior.from_images(real[:half])
 runs = {"MACO": lambda u, t: run_maco(maco_prior, units, u, t, n, world.image_size, cfg.maco, seed),
-        "DiffExplainer": lambda u, t: run_proxy(eps_emb, emb0, world.prior, units, u, t, n, cfg.proxy, seed),
+        "DiffExplainer": lambda u, t: run_proxy(world.prompt_proxy, world.prior, units, u, t, n, cfg.proxy, seed),
         "EnergyDPS": lambda u, t: run_energy_dps(world.prior, units, u, t, n, cfg.fast, seed, cfg.batch_size)}
 for j, u in enumerate(feats.tolist()):
     stores["TopK"].put(u, samples["TopK"][0][j], samples["TopK"][1][j])
@@ -153,7 +153,8 @@ plt.show()
 # factor classifier's features, else pixels). Intervals: bootstrap over features.
 
 # %%
-read, second, second_name = world_reader(world)
+reader = world_reader(world)
+read, second, second_name = reader.read, reader.features, reader.name
 spaces = {"backbone": lambda x: classify(world.backbone, x.to(dev))[1].cpu(), second_name: second}
 table = method_table(samples, target, read, concepts, spaces, real[half:half + cfg.n_real_kid], seed)
 rows = {m: {k: round(v[0], 4) for k, v in row.items()} for m, row in table.items()}

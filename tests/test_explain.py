@@ -8,17 +8,17 @@ import torch
 from torch import nn
 
 from klsc_lib.baselines.maco import MacoPrior
-from klsc_lib.diffusion.energy_dps import NonFiniteGuidance
+from klsc_lib.diffusion.energy_dps import NonFiniteGuidance, sample_units
 from klsc_lib.diffusion.samplers import initial_noise, sample_ddpm, spaced_timesteps
-from klsc_lib.diffusion.energy_dps import sample_units
 from klsc_lib.diffusion.guidance import GuidanceConfig, sample_seeds
-from klsc_lib.explain import (MacoConfig, ProxyConfig, RunResult, Units, _FirstReach, explain, matched_cost,
-                              object_drift, run_energy_dps, run_maco, run_proxy, store_config, strength_ablation,
-                              topk_targets)
-from klsc_lib.interfaces import DDPMSchedule, HookedBackbone, Prior
+from klsc_lib.energies.units import Units
+from klsc_lib.explain import (MacoConfig, ProxyConfig, RunResult, _FirstReach, explain, run_energy_dps, run_maco,
+                              run_proxy, store_config, topk_targets)
+from klsc_lib.interfaces import DDPMSchedule, HookedBackbone, Prior, PromptProxy
 from klsc_lib.paper_values import ENERGYDPS
 from klsc_lib.sae.transcoder import Transcoder, TranscoderConfig
 from klsc_lib.samples_store import SamplesStore
+from klsc_lib.studies.nb04_energydps import matched_cost, object_drift, strength_ablation
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 SCHEDULE = DDPMSchedule()
@@ -196,8 +196,8 @@ def test_maco_and_proxy_runs_are_batched_and_pick_a_step(world):
     def eps_given(x, t_B, e):
         return prior.eps(x, t_B) * e.mean(1)[:, None, None, None]
 
-    res = run_proxy(eps_given, lambda b: emb.weight[:1].detach().expand(b, -1).clone(), prior, units, units_U, t,
-                    2, ProxyConfig(max_steps=3, chain_steps=3), disable=True)
+    proxy = PromptProxy(eps_given, lambda b: emb.weight[:1].detach().expand(b, -1).clone())
+    res = run_proxy(proxy, prior, units, units_U, t, 2, ProxyConfig(max_steps=3, chain_steps=3), disable=True)
     assert res.images_UNCHW.shape == (2, 2, *SHAPE) and res.psi_UN.shape == (2, 2)
 
 

@@ -11,11 +11,12 @@ import torch
 
 from _tiny_world import tiny_transcoder, tiny_world
 from klsc_lib.diffusion.guidance import GuidanceConfig
-from klsc_lib.explain import (Units, draw_units, explain_neurons, feature_units, stored_samples,
-                              store_config)
+from klsc_lib.energies.units import Units
+from klsc_lib.explain import feature_units, store_config, stored_samples
 from klsc_lib.runtime import world_key
 from klsc_lib.sae.artifacts import TranscoderRecipe
 from klsc_lib.samples_store import SamplesStore
+from klsc_lib.studies.nb04_energydps import draw_units, explain_neurons
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

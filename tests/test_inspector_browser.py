@@ -48,13 +48,13 @@ def smoke_feature(smoke_world) -> tuple[int, int]:
     purest (its concept shared by most of its top images), ties to the strongest.
     Returns (feature, top-k images the inspector shows)."""
     from klsc_lib.analysis.monosemanticity import dataset_factors
-    from klsc_lib.viz.inspector_data import feature_concepts, miniworld_value_names
+    from klsc_lib.viz.inspector_data import feature_concepts
 
     from _smoke_transcoder import smoke_transcoder
 
     cfg, world, _, index = smoke_transcoder(smoke_world)
     factors = dataset_factors(world.test, tuple(world.factor_names), int(index.ids_UK.max()) + 1)
-    concepts = feature_concepts(index, factors, cfg.grid_k, miniworld_value_names(world.factor_names))
+    concepts = feature_concepts(index, factors, cfg.grid_k, world.value_names)
     feature = max(concepts, key=lambda f: (concepts[f].share, float(index.scores_UK[f, 0])))
     return feature, cfg.grid_k
 

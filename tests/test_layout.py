@@ -79,6 +79,7 @@ LAYERS = (
     ("analysis", "baselines"),  # metrics; the methods EnergyDPS is compared with
     ("worlds",),  # the GMM, the mini-world, the paper's models
     ("explain",),  # explanation runs through the samples store
+    ("studies",),  # notebook-specific orchestration (nbNN_*)
     ("profiles",),  # notebooks' settings
     ("pipeline", "viz", "report", "notebook_runner"),  # stages, figures, ledgers, runs
 )

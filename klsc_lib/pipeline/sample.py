@@ -22,7 +22,8 @@ from pathlib import Path
 import torch
 
 from klsc_lib.diffusion.guidance import GuidanceConfig
-from klsc_lib.explain import RunResult, Units, run_energy_dps
+from klsc_lib.energies.units import Units
+from klsc_lib.explain import RunResult, run_energy_dps
 from klsc_lib.interfaces import Prior
 from klsc_lib.pipeline import distributed as D
 from klsc_lib.pipeline.index import index_path

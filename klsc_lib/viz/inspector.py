@@ -40,7 +40,7 @@ from klsc_lib.sae.artifacts import FittedTranscoder
 from klsc_lib.sae.topk_index import TopKIndex
 from klsc_lib.sae.transcoder import Transcoder
 from klsc_lib.viz.inspector_data import (Concept, FeatureNotes, SampleBatch, feature_concepts, find_stores,
-                                         miniworld_value_names, peak_code, sample_feature, to_png)
+                                         peak_code, sample_feature, to_png)
 from klsc_lib.energies import feature_score
 
 PX = 88  # displayed image side, pixels
@@ -120,7 +120,7 @@ class FeatureInspector:
         else:
             n = n_factor_images or int(index.ids_UK.max()) + 1
             factors = dataset_factors(world.test, tuple(world.factor_names), n)
-            names = value_names if value_names is not None else miniworld_value_names(world.factor_names)
+            names = value_names if value_names is not None else world.value_names
             self.concepts = feature_concepts(index, factors, k, names)
         self._build()
         self.show(initial)

@@ -85,16 +85,6 @@ def feature_concepts(index: TopKIndex, factors: Mapping[str, np.ndarray], top_n:
     return concepts
 
 
-def miniworld_value_names(factor_names: Sequence[str]) -> dict[str, list[str]]:
-    """Readable factor values of the mini-world (empty for another world's factors)."""
-    from klsc_lib.worlds.miniworld.data import BACKGROUNDS, COLOURS, FACTOR_NAMES, POSITIONS, SIZES
-
-    if tuple(factor_names) != FACTOR_NAMES:
-        return {}
-    return {"digit": [str(d) for d in range(10)], "colour": list(COLOURS), "size": [f"{s}px" for s in SIZES],
-            "position": list(POSITIONS), "background": list(BACKGROUNDS)}
-
-
 # ---------------------------------------------------------------- notes
 class FeatureNotes:
     """Short labels per feature id, saved to ``path`` (JSON ``{"feature": "note"}``) on
