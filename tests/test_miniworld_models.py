@@ -71,12 +71,24 @@ def test_conditional_priors_use_classifier_free_guidance_at_the_configured_scale
         torch.testing.assert_close(factor_prior.given({"digit": y_B}, 3).eps(x, t_B), expected, rtol=0, atol=1e-5)
 
 
-def test_a_soft_prompt_embedding_receives_gradients(unet):
-    _, _, factor_prior = priors(unet, CFG, "test")
-    prompt_BD = factor_prior.embed({"colour": torch.tensor([1])}, 1).detach().requires_grad_(True)
-    eps = factor_prior.given_embedding(prompt_BD).eps(torch.randn(1, 3, 16, 16), torch.tensor([25]))
-    eps.square().sum().backward()
-    assert prompt_BD.grad is not None and prompt_BD.grad.abs().sum() > 0
+def test_a_soft_prompt_gradient_equals_finite_differences(unet):
+    """d ||eps(x_t | prompt)||^2 / d prompt against central differences along random
+    directions, in float64: the soft prompt of the proxy baseline gets the true gradient."""
+    import copy
+
+    _, _, factor_prior = priors(copy.deepcopy(unet).double(), CFG, "test")
+    prompt_BD = factor_prior.embed({"colour": torch.tensor([1])}, 1).detach().double().requires_grad_(True)
+    x_t = torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    loss = lambda p: factor_prior.given_embedding(p).eps(x_t, torch.tensor([25])).square().sum()  # noqa: E731
+    loss(prompt_BD).backward()
+    g = torch.Generator().manual_seed(7)
+    for _ in range(3):
+        d = torch.randn(prompt_BD.shape, generator=g, dtype=torch.float64)
+        h = 1e-5
+        with torch.no_grad():
+            fd = (loss(prompt_BD + h * d) - loss(prompt_BD - h * d)) / (2 * h)
+        torch.testing.assert_close((prompt_BD.grad * d).sum(), fd, rtol=1e-6, atol=1e-9)
+    assert prompt_BD.grad.abs().sum() > 0
 
 
 def test_factor_classifier_reads_every_factor():

@@ -63,12 +63,26 @@ def test_ddim_chain_matches_the_project_sampler(unet):
     assert torch.allclose(ours, ref, atol=1e-5)
 
 
-def test_gradient_reaches_the_embedding(unet):
+def test_embedding_gradient_equals_finite_differences(unet):
+    """d psi(x_0(emb)) / d emb through the whole DDIM chain (checkpointed), against central
+    differences along two random directions per sample, in float64."""
+    import copy
+
+    net = copy.deepcopy(unet).double()
     chain = DDIMChain.from_schedule(SCHEDULE, 5)
-    emb = class_embedding_table(unet).mean(dim=0).expand(2, -1).clone().requires_grad_(True)
-    x0 = ddim_x0(unet2d_eps_given_embedding(unet), torch.randn(2, *SHAPE), emb, chain, use_checkpoint=True)
-    red_mean(x0).sum().backward()
-    assert torch.isfinite(emb.grad).all() and (emb.grad.abs().sum(dim=1) > 0).all()
+    x_T = torch.randn(2, *SHAPE, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    emb = class_embedding_table(net).mean(dim=0).expand(2, -1).clone().requires_grad_(True)
+    eps_given = unet2d_eps_given_embedding(net)
+    psi_of = lambda e: red_mean(ddim_x0(eps_given, x_T, e, chain, use_checkpoint=True))  # noqa: E731
+    psi_of(emb).sum().backward()
+    g = torch.Generator().manual_seed(4)
+    for _ in range(2):
+        d = torch.randn(emb.shape, generator=g, dtype=torch.float64)
+        h = 1e-5
+        with torch.no_grad():
+            fd_B = (psi_of(emb + h * d) - psi_of(emb - h * d)) / (2 * h)
+        torch.testing.assert_close((emb.grad * d).sum(1), fd_B, rtol=1e-5, atol=1e-9)
+    assert (emb.grad.abs().sum(dim=1) > 0).all()
 
 
 def test_psi_rises_over_optimisation(unet):
