@@ -39,7 +39,7 @@ from klsc_lib.baselines.maco import MacoPrior, crop_resize, maco
 from klsc_lib.baselines.proxy_guidance import DDIMChain, proxy_guidance
 from klsc_lib.constraints.calibration import bisect
 from klsc_lib.diffusion.energy_dps import sample_units
-from klsc_lib.diffusion.guidance import GuidanceConfig, unit_seeds
+from klsc_lib.diffusion.guidance import SEED_SCHEME, GuidanceConfig, unit_seeds
 from klsc_lib.energies.units import Units
 from klsc_lib.interfaces import Prior, PromptProxy, World
 from klsc_lib.sae.artifacts import TranscoderRecipe, load_or_fit_transcoder
@@ -281,9 +281,10 @@ def run_proxy(proxy: PromptProxy, prior: Prior, units: Units, units_U: Sequence[
 
 # ---------------------------------------------------------------- through the store
 def store_config(method: str, cfg, n_per_unit: int, seed: int, world_key: dict) -> dict:
-    """The store key of a run: the method's settings, sample count, seed and world."""
+    """The store key of a run: the method's settings, sample count, seed, seed scheme and world."""
     settings = asdict(cfg) if cfg is not None else {}
-    return {"method": method, "settings": settings, "n_per_unit": n_per_unit, "seed": seed, **world_key}
+    return {"method": method, "settings": settings, "n_per_unit": n_per_unit, "seed": seed,
+            "seed_scheme": SEED_SCHEME, **world_key}
 
 
 def explain(store: SamplesStore, run: Callable[[torch.Tensor, torch.Tensor], RunResult],

@@ -112,6 +112,9 @@ class GuidanceConfig:
         return self.cap if self.cap_rule == "fixed" else None
 
 
+SEED_SCHEME = "sha256(seed/unit/j)"  # named in store keys: samples drawn otherwise are never reused
+
+
 def sample_seeds(seed: int, unit: int, n: int, start: int = 0) -> list[int]:
     """One 63-bit seed per sample ``start <= j < start + n`` of ``unit`` in a run seeded
     ``seed``: a hash of (seed, unit, j) and of nothing else."""

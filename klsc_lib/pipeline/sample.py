@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from klsc_lib.diffusion.guidance import GuidanceConfig
+from klsc_lib.diffusion.guidance import SEED_SCHEME, GuidanceConfig
 from klsc_lib.energies.units import Units
 from klsc_lib.explain import RunResult, run_energy_dps
 from klsc_lib.interfaces import Prior
@@ -82,7 +82,7 @@ def run_sample(spec: WorldSpec, out: str | Path, ranks: D.Ranks, guidance: Guida
     needs_target = guidance.cap_rule in ("target", "calibrated")
     held_out = images(spec, "test") if needs_target else None  # real images set the target t
     config = {"world": spec.key(), "transcoder": config_hash(json.loads((transcoder_dir(out) / RUN).read_text())),
-              "guidance": asdict(guidance), "seed": seed, "n_per_feature": n_per_feature,
+              "guidance": asdict(guidance), "seed": seed, "seed_scheme": SEED_SCHEME, "n_per_feature": n_per_feature,
               "target_from_top": CAP_TOP if needs_target else None, "index": f"features_top{k}"}
     store = D.primary_first(ranks, lambda: SamplesStore("EnergyDPS", "Feature", config, root=Path(out) / "samples"))
     todo = [f for f in chosen if not store.has(f)]
