@@ -27,8 +27,8 @@ from safetensors.torch import save_file
 from klsc_lib.diffusion.energy_dps import sample_units
 from klsc_lib.diffusion.guidance import GuidanceConfig
 from klsc_lib.energies.units import Units
-from klsc_lib.explain import CostMeter
 from klsc_lib.paper_values import TABLE11
+from klsc_lib.runtime import CostMeter
 from klsc_lib.sae.transcoder import Transcoder, TranscoderConfig
 from klsc_lib.worlds.zoo import (CONVNEXT_LARGE, IMAGENET256_UNCOND, PAPER_HOOK, ConvNeXtArch, GuidedUNetConfig,
                                  dinov3_backbone, guided_diffusion_prior)

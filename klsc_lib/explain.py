@@ -27,7 +27,6 @@ batches that mix units, the strength measured in notebook 04.
 
 from __future__ import annotations
 
-import time
 from dataclasses import asdict, dataclass
 from typing import Callable, Sequence
 
@@ -42,6 +41,7 @@ from klsc_lib.diffusion.energy_dps import sample_units
 from klsc_lib.diffusion.guidance import SEED_SCHEME, GuidanceConfig, unit_seeds
 from klsc_lib.energies.units import Units
 from klsc_lib.interfaces import Prior, PromptProxy, World
+from klsc_lib.runtime import CostMeter
 from klsc_lib.sae.artifacts import TranscoderRecipe, load_or_fit_transcoder
 from klsc_lib.samples_store import SamplesStore
 
@@ -113,29 +113,6 @@ class RunResult:
     @property
     def seconds_per_sample(self) -> float:
         return self.seconds / self.psi_UN.numel()
-
-
-class CostMeter:
-    """Wall time and peak memory (CUDA peak allocation, else the growth of the peak RSS) of
-    the work inside ``with CostMeter() as meter:`` (which must end synchronised, e.g. by
-    returning CPU tensors): ``meter.seconds``, ``meter.peak_bytes``."""
-
-    def __enter__(self) -> "CostMeter":
-        if torch.cuda.is_available():
-            torch.cuda.reset_peak_memory_stats()
-        self.rss0 = _peak_rss()
-        self.start = time.perf_counter()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.seconds = time.perf_counter() - self.start
-        self.peak_bytes = (torch.cuda.max_memory_allocated() if torch.cuda.is_available()
-                           else max(0, _peak_rss() - self.rss0))
-
-
-def _peak_rss() -> int:
-    import resource
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 # ---------------------------------------------------------------- EnergyDPS

@@ -24,8 +24,9 @@ from klsc_lib.diffusion.energy_dps import sample_energy_dps, sample_units
 from klsc_lib.diffusion.guidance import GuidanceConfig, sample_seeds, unit_seeds
 from klsc_lib.energies import Energy
 from klsc_lib.energies.units import Units
-from klsc_lib.explain import CostMeter, RunResult, explain, run_energy_dps, topk_targets
+from klsc_lib.explain import RunResult, explain, run_energy_dps, topk_targets
 from klsc_lib.interfaces import FactorReader, Prior, World
+from klsc_lib.runtime import CostMeter
 from klsc_lib.samples_store import SamplesStore
 
 
