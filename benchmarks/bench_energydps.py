@@ -11,12 +11,11 @@ import time
 import torch
 from torch import nn
 
-from klsc_lib.diffusion.energy_dps import sample_energy_dps_ddpm
+from klsc_lib.diffusion.energy_dps import sample_energy_dps
 from klsc_lib.diffusion.gmm_oracle import gmm_oracle_prior
-from klsc_lib.diffusion.samplers import spaced_timesteps
-from klsc_lib.diffusion.schedule import DDPMSchedule
+from klsc_lib.diffusion.guidance import GuidanceConfig
 from klsc_lib.energies import angular_energy, feature_score
-from klsc_lib.interfaces import HookedBackbone, Prior
+from klsc_lib.interfaces import DDPMSchedule, HookedBackbone, Prior
 from klsc_lib.sae.transcoder import Transcoder, TranscoderConfig
 from klsc_lib.worlds.gmm import four_mode_gmm
 
@@ -37,11 +36,12 @@ def _rate(run, per_sample: list[dict]) -> tuple[float, float]:
 
 def gmm_case() -> tuple[float, float]:
     schedule = DDPMSchedule()
-    prior, psi, steps = gmm_oracle_prior(four_mode_gmm(), schedule), angular_energy(), spaced_timesteps(schedule, 100)
+    prior, psi, guidance = gmm_oracle_prior(four_mode_gmm(), schedule), angular_energy(), GuidanceConfig(
+        num_steps=100, cap_rule="none")
 
     def run(seed, lam):
-        return sample_energy_dps_ddpm(prior, psi, timesteps=steps, lam_B=torch.tensor(lam, dtype=torch.float64),
-                                      generators=seed, dtype=torch.float64, disable=True)
+        return sample_energy_dps(prior, psi, guidance, lam_B=torch.tensor(lam, dtype=torch.float64), generators=seed,
+                                 dtype=torch.float64, disable=True)
 
     return _rate(run, [{"seed": b, "lam": 0.05 * (b % 5)} for b in range(BATCH)])
 
@@ -65,11 +65,11 @@ def image_case() -> tuple[float, float]:
     tc = Transcoder(TranscoderConfig(d_in=16, d_out=16, d_sae=256, k=8, kernel_size=3))
     for p in (*eps_net.parameters(), *backbone.parameters(), *tc.parameters()):
         p.requires_grad_(False)
-    steps = spaced_timesteps(schedule, 20)
+    guidance = GuidanceConfig(num_steps=20, cap_rule="none")
 
     def run(seed, unit):
-        return sample_energy_dps_ddpm(prior, feature_score(backbone, tc, torch.tensor(unit)), timesteps=steps,
-                                      lam_B=1.0, generators=seed, disable=True)
+        return sample_energy_dps(prior, feature_score(backbone, tc, torch.tensor(unit)), guidance, lam_B=1.0,
+                                 generators=seed, disable=True)
 
     return _rate(run, [{"seed": b, "unit": (37 * b) % 256} for b in range(BATCH)])
 

@@ -2,10 +2,10 @@
 a tiny random-weight world (conv eps-model, two-conv backbone, random transcoder):
 
 - EnergyDPS at batch 64 mixing 64 features vs a batch-1 loop of the same sampler;
-- the fast configuration (50 respaced steps, Jacobian-free) vs ``paper_config``
+- ``GuidanceConfig.fast()`` (50 respaced steps) vs ``GuidanceConfig.paper()``
   (every step, the gradient through the denoiser) per sample at matched activation
   (:func:`klsc_lib.explain.matched_cost`: the fast one calibrated, calibration included,
-  to the mean psi ``paper_config`` reached with its cap at t);
+  to the mean psi the paper configuration reached with its cap at t);
 - EnergyDPS (fast, one pass) vs MACO (128 steps) per sample, batched alike;
 - peak memory per sample of each (growth of the peak RSS on CPU, CUDA peak on a GPU).
 """
@@ -19,10 +19,13 @@ from torch import nn
 
 from benchmarks.bench_energydps import _Net
 from klsc_lib.baselines.maco import MacoPrior
-from klsc_lib.diffusion.schedule import DDPMSchedule
-from klsc_lib.explain import MacoConfig, Units, energy_dps_samples, fast_config, matched_cost, paper_config, run_maco
-from klsc_lib.interfaces import HookedBackbone, Prior
+from klsc_lib.diffusion.energy_dps import sample_units
+from klsc_lib.diffusion.guidance import GuidanceConfig
+from klsc_lib.energies.units import Units
+from klsc_lib.explain import MacoConfig, run_maco
+from klsc_lib.interfaces import DDPMSchedule, HookedBackbone, Prior
 from klsc_lib.sae.transcoder import Transcoder, TranscoderConfig
+from klsc_lib.studies.nb04_energydps import matched_cost
 
 BATCH = 64
 
@@ -57,14 +60,17 @@ def _run() -> dict:
     prior, units = _world()
     units_B = (37 * torch.arange(BATCH)) % 256
     seeds = list(range(BATCH))
-    fast = fast_config(50)
+    fast = GuidanceConfig.fast()
     cap = torch.full((BATCH,), 0.5)
-    energy_dps_samples(prior, units, units_B[:2], cap[:2], fast, seeds[:2])  # warm-up
-    batched = _timed(lambda: energy_dps_samples(prior, units, units_B, cap, fast, seeds, batch_size=BATCH))
-    loop = _timed(lambda: [energy_dps_samples(prior, units, units_B[b:b + 1], cap[b:b + 1], fast, seeds[b:b + 1])
-                           for b in range(BATCH)])
+
+    def samples(part: slice) -> None:
+        sample_units(prior, units.energy, units_B[part], fast, seeds[part], cap[part], batch_size=BATCH)
+
+    samples(slice(0, 2))  # warm-up
+    batched = _timed(lambda: samples(slice(None)))
+    loop = _timed(lambda: [samples(slice(b, b + 1)) for b in range(BATCH)])
     few = 2  # units x 2 samples: paper_config is 20x the steps with a backward pass through the denoiser
-    matched = matched_cost(prior, units, units_B[:few], cap[:few], 2, fast, paper_config())
+    matched = matched_cost(prior, units, units_B[:few], cap[:few], 2, fast, GuidanceConfig.paper())
     paper, fast_few, calib = (matched[k].seconds_per_sample for k in ("paper_config", "fast", "fast_calibration"))
     psi_gap = float((matched["fast"].psi_UN.mean(1) / matched["paper_config"].psi_UN.mean(1) - 1).abs().max())
     images = torch.rand(64, 3, 16, 16) * 2 - 1

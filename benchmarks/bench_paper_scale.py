@@ -10,10 +10,10 @@ and read back through the same loaders as profile ``paper``:
 - a transcoder of the paper's size (768 -> 12 288 features, TopK 64, 7x7 encoder).
 
 Cost does not depend on the weights' values, so seconds and memory are those of the real
-models (the samples are not). ``paper_config`` runs 1000 steps with the gradient through
+models (the samples are not). ``GuidanceConfig.paper()`` runs 1000 steps with the gradient through
 the denoiser; we time ``num_steps`` of them after a warm-up and scale to 1000. Measured:
 
-- ``paper_config`` at batch 1 in float32 (the reference), with TF32, and with
+- ``GuidanceConfig.paper()`` at batch 1 in float32 (the reference), with TF32, and with
   :meth:`Speed.fast` (bf16 autocast, TF32, channels_last) at batch 1, 4, 8 and 16;
 - where one step's time goes (CUDA events per network call, the profiler's top kernels,
   the GPU's busy fraction: the rest is Python and launch overhead);
@@ -40,11 +40,13 @@ import torch
 from safetensors.torch import save_file
 
 from klsc_lib.baselines.maco import MacoPrior, maco
-from klsc_lib.diffusion.energy_dps import guidance_step
+from klsc_lib.diffusion.energy_dps import guidance_step, sample_units
+from klsc_lib.diffusion.guidance import GuidanceConfig
 from klsc_lib.diffusion.speed import Speed, to_channels_last
-from klsc_lib.explain import CostMeter, Units, energy_dps_samples, fast_config, paper_config
+from klsc_lib.energies.units import Units
 from klsc_lib.paper_values import TABLE11
 from klsc_lib.report import to_jsonable
+from klsc_lib.runtime import CostMeter
 from klsc_lib.sae.transcoder import Transcoder, TranscoderConfig
 from klsc_lib.worlds.zoo import (CONVNEXT_LARGE, IMAGENET256_UNCOND, PAPER_HOOK, ConvNeXtArch, GuidedUNetConfig,
                                  dinov3_backbone, guided_diffusion_prior)
@@ -52,7 +54,7 @@ from klsc_lib.worlds.zoo.dinov3 import PAPER_IMAGE_SIZE, build_dinov3_convnext
 from klsc_lib.worlds.zoo.guided_diffusion import expected_guided_shapes
 
 PAPER_TRANSCODER = TranscoderConfig(d_in=768, d_out=768, d_sae=12_288, k=64, kernel_size=7)  # App J.1
-NAME = "Paper scale (random weights): EnergyDPS paper_config s/sample, ours (fast path, best batch) / paper's"
+NAME = "Paper scale (random weights): EnergyDPS paper config s/sample, ours (fast path, best batch) / paper's"
 
 
 def random_guided_state(cfg: GuidedUNetConfig, generator: torch.Generator) -> dict[str, torch.Tensor]:
@@ -95,16 +97,29 @@ def _cuda_sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def paper_guidance(prior, num_steps: int, speed: Speed = Speed.off(), grad_through_denoiser: bool = True
+                   ) -> GuidanceConfig:
+    """``GuidanceConfig.paper()`` on ``num_steps`` respaced steps at the paper's 1.0 per step."""
+    return replace(GuidanceConfig.paper(), num_steps=num_steps, strength=num_steps / prior.schedule.num_train_timesteps,
+                   grad_through_denoiser=grad_through_denoiser, speed=speed)
+
+
+def _sample(prior, units: Units, cfg: GuidanceConfig, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    if cfg.speed.channels_last:
+        to_channels_last(units.backbone)
+    return sample_units(prior, units.energy, _units_B(units, batch_size), cfg, list(range(batch_size)),
+                        batch_size=batch_size, device=units.device)
+
+
 def measure(prior, units: Units, num_steps: int, batch_size: int, grad_through_denoiser: bool = True,
             speed: Speed = Speed.off()) -> dict:
     """Seconds per sampler step and per 1000-step sample, and the peak memory (CUDA; CPU: RSS
-    growth), of ``paper_config`` (or its Jacobian-free variant) at ``batch_size`` with ``speed``
+    growth), of ``GuidanceConfig.paper()`` (or its Jacobian-free variant) at ``batch_size`` with ``speed``
     (after a 2-step warm-up)."""
-    cfg = replace(paper_config(), num_steps=num_steps, grad_through_denoiser=grad_through_denoiser, speed=speed)
-    units_B, seeds = _units_B(units, batch_size), list(range(batch_size))
-    energy_dps_samples(prior, units, units_B, cfg.cap, replace(cfg, num_steps=2), seeds, batch_size=batch_size)
+    cfg = paper_guidance(prior, num_steps, speed, grad_through_denoiser)
+    _sample(prior, units, replace(cfg, num_steps=2), batch_size)
     with CostMeter() as meter:  # the warm-up returned CPU tensors, so the GPU is idle here
-        _, psi_B = energy_dps_samples(prior, units, units_B, cfg.cap, cfg, seeds, batch_size=batch_size)
+        _, psi_B = _sample(prior, units, cfg, batch_size)
     per_step = meter.seconds / num_steps
     return {"batch_size": batch_size, "grad_through_denoiser": grad_through_denoiser, "speed": asdict(speed),
             "seconds_per_step": per_step, "seconds_per_sample_1000_steps": per_step * 1000 / batch_size,
@@ -112,14 +127,10 @@ def measure(prior, units: Units, num_steps: int, batch_size: int, grad_through_d
 
 
 def fidelity(prior, units: Units, speed: Speed, num_steps: int = 20, batch_size: int = 4) -> dict:
-    """The same noise through ``paper_config`` (``num_steps`` respaced steps) in float32 and
+    """The same noise through ``GuidanceConfig.paper()`` (``num_steps`` respaced steps) in float32 and
     with ``speed``: mean and max |x difference| (images in [-1, 1]) and psi difference."""
-    cfg = replace(paper_config(), num_steps=num_steps)
-    units_B, seeds = _units_B(units, batch_size), list(range(batch_size))
-    x_ref, psi_ref = energy_dps_samples(prior, units, units_B, cfg.cap, replace(cfg, speed=Speed.off()), seeds,
-                                        batch_size=batch_size)
-    x_fast, psi_fast = energy_dps_samples(prior, units, units_B, cfg.cap, replace(cfg, speed=speed), seeds,
-                                          batch_size=batch_size)
+    x_ref, psi_ref = _sample(prior, units, paper_guidance(prior, num_steps), batch_size)
+    x_fast, psi_fast = _sample(prior, units, paper_guidance(prior, num_steps, speed), batch_size)
     dx = (x_fast - x_ref).abs()
     return {"num_steps": num_steps, "batch_size": batch_size, "mean_abs_x_diff": float(dx.mean()),
             "max_abs_x_diff": float(dx.max()), "mean_abs_psi_diff": float((psi_fast - psi_ref).abs().mean()),
@@ -127,7 +138,7 @@ def fidelity(prior, units: Units, speed: Speed, num_steps: int = 20, batch_size:
 
 
 def breakdown(prior, units: Units, batch_size: int, speed: Speed, t: int = 500) -> dict:
-    """Milliseconds of each network call in one ``paper_config`` step (synchronised wall time,
+    """Milliseconds of each network call in one ``GuidanceConfig.paper()`` step (synchronised wall time,
     after a warm-up): UNet forward alone, UNet forward + backward, backbone-to-hook + transcoder
     forward + backward on an image batch, and the whole guidance step."""
     device = next(units.backbone.parameters()).device
@@ -172,14 +183,13 @@ def profile(prior, units: Units, batch_size: int, speed: Speed, folder: Path, nu
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
-    cfg = replace(paper_config(), num_steps=num_steps, speed=speed)
-    units_B, seeds = _units_B(units, batch_size), list(range(batch_size))
-    energy_dps_samples(prior, units, units_B, cfg.cap, replace(cfg, num_steps=2), seeds, batch_size=batch_size)
+    cfg = paper_guidance(prior, num_steps, speed)
+    _sample(prior, units, replace(cfg, num_steps=2), batch_size)
     device = next(units.backbone.parameters()).device
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with torch_profile(activities=activities) as prof:
         start = time.perf_counter()
-        energy_dps_samples(prior, units, units_B, cfg.cap, cfg, seeds, batch_size=batch_size)
+        _sample(prior, units, cfg, batch_size)
         _cuda_sync(device)
         wall = time.perf_counter() - start
     events = prof.key_averages()
@@ -212,8 +222,9 @@ def maco_cost(units: Units, batch_size: int, steps: int, speed: Speed, total_ste
 
 def fast_cost(prior, units: Units, batch_size: int, speed: Speed, num_steps: int = 10) -> dict:
     """Seconds per sample of notebook 04's fast configuration (50 respaced steps through the
-    denoiser) for one pass, and with its cap calibration (2 + ``calib_iters`` passes)."""
-    fast = replace(fast_config(50, strength=0.5), speed=speed)
+    denoiser; a step costs what a ``GuidanceConfig.paper()`` step costs) for one pass, and with its cap
+    calibration (2 + ``calib_iters`` passes)."""
+    fast = replace(GuidanceConfig.fast(), speed=speed)
     step = measure(prior, units, num_steps, batch_size, speed=speed)["seconds_per_step"]
     one_pass = step * fast.num_steps / batch_size
     return {"batch_size": batch_size, "num_steps": fast.num_steps, "seconds_per_sample_one_pass": one_pass,

@@ -17,24 +17,84 @@
   carry ground-truth generative factors. :func:`klsc_lib.worlds.load_world` builds one.
 - :class:`ImageNetPreprocess`: the paper's [-1, 1] -> ImageNet-normalised input map.
 
+- :class:`DDPMSchedule`: the noise schedule of a prior (Ho et al. 2020; App G, I.3
+  eq. 208, Algorithm 1 lines 3-6), a stateless config whose methods are pure functions;
+  defaults are the DPS / guided-diffusion ImageNet-256 settings (1000 steps, linear beta
+  from 1e-4 to 0.02). The reverse steps live in :mod:`klsc_lib.diffusion.samplers`.
+
 Samplers, caches and notebooks never branch on which concrete model is behind them.
-This module imports nothing else from :mod:`klsc_lib` but the DDPM schedule.
+This module imports nothing from :mod:`klsc_lib`: it is the bottom layer every other
+one builds on.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from klsc_lib.diffusion.schedule import DDPMSchedule
-
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 PAPER_IMAGE_SIZE = 256  # App J.1: img_size 256
+
+@dataclass(frozen=True)
+class DDPMSchedule:
+    num_train_timesteps: int = 1000
+    beta_start: float = 1e-4
+    beta_end: float = 0.02
+
+    def __post_init__(self) -> None:
+        if not (0 < self.beta_start <= self.beta_end < 1):
+            raise ValueError(f"need 0 < beta_start <= beta_end < 1, got {self.beta_start}, {self.beta_end}")
+        if self.num_train_timesteps < 1:
+            raise ValueError("num_train_timesteps must be >= 1")
+
+    @cached_property
+    def betas_T(self) -> torch.Tensor:
+        return torch.linspace(self.beta_start, self.beta_end, self.num_train_timesteps, dtype=torch.float64)
+
+    @cached_property
+    def alphas_cumprod_T(self) -> torch.Tensor:
+        return torch.cumprod(1.0 - self.betas_T, dim=0)
+
+    def on_device(self, values_T: torch.Tensor, device: torch.device) -> torch.Tensor:
+        """``values_T`` on ``device``, copied there once (a copy per call would make the host
+        wait for the accelerator at every sampler step)."""
+        if values_T.device == device:
+            return values_T
+        cache = self.__dict__.setdefault("_on_device", {})
+        key = (id(values_T), str(device))
+        if key not in cache:
+            cache[key] = values_T.to(device)
+        return cache[key]
+
+    def _gather(self, values_T: torch.Tensor, t_B: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """values[t] shaped to broadcast against ``like`` (B, ...)."""
+        out_B = self.on_device(values_T, like.device)[t_B.long().to(like.device)].to(like.dtype)
+        return out_B.reshape(-1, *([1] * (like.ndim - 1)))
+
+    def add_noise(self, x0: torch.Tensor, eps: torch.Tensor, t_B: torch.Tensor) -> torch.Tensor:
+        """Forward process, eq. (208): x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps."""
+        abar = self._gather(self.alphas_cumprod_T, t_B, x0)
+        return abar.sqrt() * x0 + (1 - abar).sqrt() * eps
+
+    def predict_x0(self, x_t: torch.Tensor, eps: torch.Tensor, t_B: torch.Tensor) -> torch.Tensor:
+        """Tweedie's estimate (Algorithm 1 line 4), written with eps = -sqrt(1-abar) * score."""
+        abar = self._gather(self.alphas_cumprod_T, t_B, x_t)
+        return (x_t - (1 - abar).sqrt() * eps) / abar.sqrt()
+
+    def eps_from_score(self, score: torch.Tensor, t_B: torch.Tensor) -> torch.Tensor:
+        abar = self._gather(self.alphas_cumprod_T, t_B, score)
+        return -(1 - abar).sqrt() * score
+
+    def score_from_eps(self, eps: torch.Tensor, t_B: torch.Tensor) -> torch.Tensor:
+        abar = self._gather(self.alphas_cumprod_T, t_B, eps)
+        return -eps / (1 - abar).sqrt()
+
 
 EpsModel = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x_t, t_B) -> eps, same shape as x_t
 
@@ -190,6 +250,25 @@ class FactorConditionalPrior:
         return self.given_embedding(self.embed(factors, batch), guided=True)
 
 
+@dataclass(frozen=True)
+class FactorReader:
+    """Reads a world's generative factors off images, independently of the explained
+    backbone (ground-truth concept accuracy, App L.2), and a second feature space for KID."""
+
+    read: Callable[[torch.Tensor], dict[str, torch.Tensor]]  # images_BCHW -> {factor: value_B}
+    features: Callable[[torch.Tensor], torch.Tensor]  # images_BCHW -> features_BD
+    name: str
+
+
+@dataclass(frozen=True)
+class PromptProxy:
+    """The conditional prior a DiffExplainer-style baseline steers through its prompt
+    embedding (App J.3.2): eps given an embedding, and the initial embedding of a batch."""
+
+    eps_given_embedding: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+    initial: Callable[[int], torch.Tensor]  # batch -> embedding_BD
+
+
 @dataclass
 class World:
     """Backbone + priors + data of one world (see module docstring)."""
@@ -205,6 +284,10 @@ class World:
     quality: dict = field(default_factory=dict)  # quality metrics measured when built / loaded
     factor_prior: FactorConditionalPrior | None = None  # p(x | any subset of factors); mini-world only
     factor_classifier: nn.Module | None = None  # image -> {factor: logits}, separate from the backbone; mini-world only
+    key: dict = field(default_factory=dict)  # identity for cache keys: klsc_lib.runtime.world_key(config)
+    factor_reader: FactorReader | None = None  # None: read factors from the nearest real images in pixel space
+    prompt_proxy: PromptProxy | None = None  # None: no proxy-guidance baseline in this world
+    value_names: dict[str, list[str]] = field(default_factory=dict)  # readable factor values, e.g. colour names
 
     @property
     def image_size(self) -> int:

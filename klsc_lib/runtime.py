@@ -1,14 +1,16 @@
 """Run-time plumbing shared by every notebook: device choice, seeding, the cache
-folder, config hashing and atomic file writes."""
+folder, config hashing, atomic file writes and the cost meter (wall time, peak memory)."""
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
 import random
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -51,6 +53,13 @@ def config_hash(config: Any, length: int = 12) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:length]
 
 
+def world_key(world_config: Any) -> dict[str, str]:
+    """The one identity of a world (its config dataclass hashed), carried as
+    :attr:`klsc_lib.interfaces.World.key` and put into every cache key that depends on
+    the world's weights and data (activation caches, transcoders, samples stores)."""
+    return {"world_config": config_hash(dataclasses.asdict(world_config))}
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path in the destination folder; on success it is renamed
@@ -72,3 +81,27 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 def atomic_write_text(path: str | Path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+class CostMeter:
+    """Wall time and peak memory (CUDA peak allocation, else the growth of the peak RSS) of
+    the work inside ``with CostMeter() as meter:`` (which must end synchronised, e.g. by
+    returning CPU tensors): ``meter.seconds``, ``meter.peak_bytes``."""
+
+    def __enter__(self) -> "CostMeter":
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+        self.rss0 = _peak_rss()
+        self.start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.seconds = time.perf_counter() - self.start
+        self.peak_bytes = (torch.cuda.max_memory_allocated() if torch.cuda.is_available()
+                           else max(0, _peak_rss() - self.rss0))
+
+
+def _peak_rss() -> int:
+    import resource  # Unix only: imported where used
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

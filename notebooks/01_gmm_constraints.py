@@ -60,7 +60,8 @@ from klsc_lib.profiles import get_profile
 from klsc_lib.report import Report
 from klsc_lib.runtime import resolve_device, seed_everything
 from klsc_lib.viz import constraints as vz
-from klsc_lib.worlds.gmm import AngularScore, four_mode_gmm
+from klsc_lib.energies.toy import AngularScore
+from klsc_lib.worlds.gmm import four_mode_gmm
 
 cfg = get_profile("01_gmm_constraints", profile)
 dev = resolve_device(device)

@@ -44,7 +44,7 @@ import torch
 from tqdm.auto import tqdm
 
 from klsc_lib.analysis import kde
-from klsc_lib.baselines import gmm_study as gs
+from klsc_lib.studies import nb02_sampling_pathologies as gs
 from klsc_lib.baselines.gmm import PromptFamily
 from klsc_lib.diffusion.gmm_oracle import gmm_oracle_prior
 from klsc_lib.energies import angular_energy

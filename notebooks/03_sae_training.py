@@ -50,7 +50,7 @@ from klsc_lib.interfaces import HookedBackbone
 from klsc_lib.paper_values import TABLE7, TRANSCODER
 from klsc_lib.profiles import get_profile
 from klsc_lib.report import Report
-from klsc_lib.runtime import cache_dir, config_hash, resolve_device, seed_everything
+from klsc_lib.runtime import cache_dir, resolve_device, seed_everything
 from klsc_lib.sae.artifacts import load_or_build_index, load_or_fit_transcoder
 from klsc_lib.sae.topk_index import rescan_top_ids
 from klsc_lib.sae.training import classification_accuracy
@@ -66,7 +66,6 @@ seed_everything(seed)
 report = Report("03_sae_training", out_dir, profile, seed, dev)
 world = load_world(cfg.world, dev)
 record_world(report, world, quality_claims=True)
-world_key = {"world_config": config_hash(asdict(cfg.world))}
 print(world.name, "hook:", world.backbone.block_name, "| factors:", world.factor_names)
 
 # %% [markdown]
@@ -85,7 +84,7 @@ print(world.name, "hook:", world.backbone.block_name, "| factors:", world.factor
 
 # %%
 r = cfg.recipe
-fits = {aux: load_or_fit_transcoder(world, replace(r, aux_k=aux), world_key=world_key, seed=seed, device=dev)
+fits = {aux: load_or_fit_transcoder(world, replace(r, aux_k=aux), world_key=world.key, seed=seed, device=dev)
         for aux in (0, cfg.aux_k)}
 main, aux_run = fits[0], fits[cfg.aux_k]
 d_in = main.train_cache.manifest["in_shape"][0]
@@ -257,7 +256,7 @@ FeatureInspector(world, main, feature_index, cache_dir() / "samples", k=cfg.grid
 runs = {world.backbone.block_name: (r.steps, main.held_out)}
 for block in cfg.ablation_blocks:
     hooked = HookedBackbone(world.backbone.model, block, world.backbone.preprocess, name=world.backbone.name)
-    fit = load_or_fit_transcoder(world, replace(r, steps=cfg.ablation_steps), world_key=world_key, backbone=hooked,
+    fit = load_or_fit_transcoder(world, replace(r, steps=cfg.ablation_steps), world_key=world.key, backbone=hooked,
                                  seed=seed, device=dev)
     runs[block] = (cfg.ablation_steps, fit.held_out)
 depth = lambda b: tuple(int(p) for p in b.split(".") if p.isdigit())

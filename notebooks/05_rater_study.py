@@ -51,15 +51,16 @@ from klsc_lib.analysis.raters import (best_method_per_rater, bootstrap_mean, des
 from klsc_lib.analysis.raters.plots import bar_table, packet_examples, paper_tables_figure
 from klsc_lib.analysis.raters.simulate import (concept_fraction, describe_from_factors, planted_study,
                                                stored_sample_sets)
-from klsc_lib.explain import Units, feature_units, true_concepts, world_reader
+from klsc_lib.energies.units import Units
+from klsc_lib.explain import feature_units
 from klsc_lib.paper_values import TABLE4, TABLE6, TABLE7, TABLE7_SUCCESS_THRESHOLD
 from klsc_lib.profiles import get_profile
 from klsc_lib.profiles.nb04_energydps import samples_stores
 from klsc_lib.report import Report
 from klsc_lib.runtime import resolve_device, seed_everything
+from klsc_lib.studies.nb04_energydps import true_concepts, world_reader
 from klsc_lib.worlds import load_world
-from klsc_lib.viz.inspector_data import miniworld_value_names
-from klsc_lib.worlds.miniworld.data import FACTOR_NAMES, FACTOR_SIZES, MiniWorldDataset
+from klsc_lib.worlds.miniworld.data import FACTOR_SIZES, VALUE_NAMES, MiniWorldDataset
 
 cfg = get_profile("05_rater_study", profile)
 dev = resolve_device(device)
@@ -99,7 +100,7 @@ report.savefig(fig, "paper_tables")
 
 # %%
 test_images = MiniWorldDataset(cfg.world.n_test, "test", cfg.world.seed)
-names = miniworld_value_names(FACTOR_NAMES)
+names = VALUE_NAMES
 planted_run = planted_study(test_images, FACTOR_SIZES, cfg.n_features, cfg.purity, cfg.raters, names, seed)
 p_study, planted, p_methods = planted_run.ratings, planted_run.planted_mean, list(cfg.purity)
 recovered = {m: e["simulated"] for m, e in mean_scores(p_study, by="rater_kind", n_resamples=cfg.n_bootstrap,
@@ -144,13 +145,13 @@ if simulated:
     stores = samples_stores(profile, seed, create=False)  # stops here if notebook 04 has not run
     cfg04 = get_profile("04_energydps", profile)
     world = load_world(cfg04.world, dev)
-    features = feature_units(world, cfg04.world, cfg04.recipe, seed, dev)
+    features = feature_units(world, cfg04.recipe, seed, dev)
     concepts = {}  # (unit kind, id) -> (factor, value), as notebook 04 fixes them
     for kind, u_set in (("Feature", features), ("Neuron", Units("Neuron", world.backbone, image_size=world.image_size))):
         ids = sorted({u for (_, k), s in stores.items() if k == kind for u in s.units()})
         c = true_concepts(u_set, ids, world, cfg04.top_k)
         concepts |= {(kind, u): (f, int(v)) for u, f, v in zip(ids, c.factor_U, c.value_U)}
-    sets, factors = stored_sample_sets(stores.values(), concepts, world_reader(world)[0])
+    sets, factors = stored_sample_sets(stores.values(), concepts, world_reader(world).read)
     unit_concept = {f"{k.lower()}_{u}": c for (k, u), c in concepts.items()}  # the sets' unit names
     truth = {item: concept_fraction(unit_concept[item[0]], f) for item, f in factors.items()}
     packet = write_packet(sets, work / "packet", work / "key.csv", seed=seed, cell=cfg.cell)

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from klsc_lib.diffusion.schedule import DDPMSchedule
-from klsc_lib.interfaces import Prior, World
+from klsc_lib.interfaces import DDPMSchedule, Prior, World
 from klsc_lib.sae.topk_index import TopKIndex, index_maps
 from klsc_lib.sae.transcoder import Transcoder, TranscoderConfig
 

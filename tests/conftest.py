@@ -31,7 +31,8 @@ def one_thread():
 @pytest.fixture(scope="session")
 def gmm_law():
     """Score variable psi(X) of 20,000 draws from the App H prior (our default constants)."""
-    from klsc_lib.worlds.gmm import AngularScore, four_mode_gmm
+    from klsc_lib.energies.toy import AngularScore
+    from klsc_lib.worlds.gmm import four_mode_gmm
     from klsc_lib.constraints.score_variable import EmpiricalScore
 
     x_ND = four_mode_gmm().sample(20_000, generator=torch.Generator().manual_seed(0))
@@ -51,7 +52,8 @@ def normal_grid():
 def gmm_grid_law():
     """psi(X) for the App H prior as a quadrature law on a 200 x 200 grid over [-6, 6]^2."""
     from klsc_lib.constraints.score_variable import EmpiricalScore, midpoint_grid_2d
-    from klsc_lib.worlds.gmm import AngularScore, four_mode_gmm
+    from klsc_lib.energies.toy import AngularScore
+    from klsc_lib.worlds.gmm import four_mode_gmm
 
     x_GD, log_cell = midpoint_grid_2d(6.0, 200)
     return EmpiricalScore.from_density_grid(AngularScore()(x_GD), four_mode_gmm().log_prob(x_GD), log_cell)

@@ -143,3 +143,44 @@ def test_caps_have_their_stated_gradients():
     torch.testing.assert_close(fd, grads["hinge"], atol=1e-6, rtol=0)
     with pytest.raises(ValueError, match="cap mode"):
         capped_objective(p, cap, "soft")
+
+
+def _direct_pre_activation(w_Ckk: np.ndarray, bias: float, in_scale: float, x_CHW: np.ndarray) -> np.ndarray:
+    """The encoder row as a sum over input channels and kernel offsets, written out: out[h, w] =
+    b + sum_{c,i,j} W[c, i, j] s_in x_pad[c, h + i, w + j] (zero padding k // 2; cross-correlation)."""
+    k = w_Ckk.shape[-1]
+    pad = np.pad(x_CHW * in_scale, ((0, 0), (k // 2, k // 2), (k // 2, k // 2)))
+    windows_CHWkk = np.lib.stride_tricks.sliding_window_view(pad, (k, k), axis=(1, 2))
+    return bias + np.einsum("chwij,cij->hw", windows_CHWkk, w_Ckk)
+
+
+def test_feature_score_equals_a_direct_convolution_of_the_encoder_on_the_hooked_activations():
+    """psi of mixed features per sample against an independent computation: the block input
+    captured by a forward hook of our own, the encoder row applied by explicit sums, and the
+    mix reduction (0.7 max + 0.3 mean ReLU over the central half of each side, eq. 213)."""
+    backbone = tiny_backbone()
+    tc = Transcoder(TranscoderConfig(d_in=32, d_out=32, d_sae=12, k=3, kernel_size=3),
+                    generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        tc.b_enc_F.copy_(torch.linspace(-0.2, 0.3, 12))
+    tc.set_dataset_norm_(mean_in_norm=2.5, mean_out_norm=1.0)
+    x = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(5)) * 2 - 1
+    units = torch.tensor([7, 2, 7])
+    captured = {}
+    handle = backbone.model.get_submodule(backbone.block_name).register_forward_hook(
+        lambda _m, inputs, _out: captured.setdefault("in", inputs[0].detach()))
+    with torch.no_grad():
+        backbone.model(x)
+    handle.remove()
+    block_in = captured["in"].double().numpy()
+    w, b, s = tc.W_enc_FCkk.detach().double().numpy(), tc.b_enc_F.detach().double().numpy(), float(tc.in_scale)
+    expected = []
+    for i, u in enumerate(units.tolist()):
+        pre_HW = _direct_pre_activation(w[u], b[u], s, block_in[i])
+        side = pre_HW.shape[0]
+        centre = pre_HW[side // 4: 3 * side // 4, side // 4: 3 * side // 4]
+        expected.append(0.7 * centre.max() + 0.3 * np.maximum(centre, 0).mean())
+    assert side % 4 == 0
+    with torch.no_grad():
+        got = feature_score(backbone, tc, units)(x)
+    np.testing.assert_allclose(got.numpy(), np.array(expected), rtol=1e-5, atol=1e-5)

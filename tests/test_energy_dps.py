@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
 from torch import nn
 
-from klsc_lib.diffusion.energy_dps import NonFiniteGuidance, sample_energy_dps_ddim, sample_energy_dps_ddpm
-from klsc_lib.diffusion.gmm_oracle import gmm_oracle_prior
+from klsc_lib.diffusion.energy_dps import NonFiniteGuidance, sample_energy_dps
+from klsc_lib.diffusion.guidance import GuidanceConfig
+from klsc_lib.diffusion.gmm_oracle import GaussianMixture, gmm_oracle_prior
 from klsc_lib.diffusion.samplers import initial_noise, sample_ddim, sample_ddpm, spaced_timesteps
-from klsc_lib.diffusion.schedule import DDPMSchedule
 from klsc_lib.energies import Energy, angular_energy, feature_score
-from klsc_lib.interfaces import Prior
-from klsc_lib.worlds.gmm import GaussianMixture, four_mode_gmm
+from klsc_lib.interfaces import DDPMSchedule, Prior
+from klsc_lib.worlds.gmm import four_mode_gmm
 from tests.test_energies import channel_reader, identity_backbone
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -22,6 +23,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 SCHEDULE = DDPMSchedule()
 STEPS = spaced_timesteps(SCHEDULE, 40)
 F64 = torch.float64
+UNCAPPED = GuidanceConfig(num_steps=40, cap_rule="none")  # lambda given per call (lam_B)
 
 
 def gaussian_prior(mean=(0.5, -1.0), std=0.7) -> Prior:
@@ -46,8 +48,7 @@ def image_prior() -> Prior:
     return Prior(TinyEps().requires_grad_(False), SCHEDULE, (3, 16, 16), "tiny", clip_x0=(-1.0, 1.0))
 
 
-SAMPLERS = {"ddpm": sample_energy_dps_ddpm,
-            "ddim": lambda *a, **k: sample_energy_dps_ddim(*a, eta=0.5, **k)}
+SAMPLERS = {"ddpm": UNCAPPED, "ddim": replace(UNCAPPED, sampler="ddim", eta=0.5)}
 
 
 @pytest.mark.parametrize("sampler", SAMPLERS)
@@ -55,10 +56,11 @@ SAMPLERS = {"ddpm": sample_energy_dps_ddpm,
 def test_batch_equals_single_runs_on_the_gmm(sampler, jacobian):
     prior, energy = gmm_oracle_prior(four_mode_gmm(), SCHEDULE), angular_energy()
     seeds, lam = [3, 1, 4, 1], torch.tensor([0.0, 0.1, 0.3, 0.2], dtype=F64)
-    kw = dict(timesteps=STEPS, grad_through_denoiser=jacobian, dtype=F64, disable=True)
-    batch = SAMPLERS[sampler](prior, energy, lam_B=lam, cap_B=torch.tensor([9.0, 9.0, 5.0, 9.0]), generators=seeds,
-                              **kw)
-    single = torch.cat([SAMPLERS[sampler](prior, energy, lam_B=float(lam[b]), cap_B=[9.0, 9.0, 5.0, 9.0][b],
+    cfg = replace(SAMPLERS[sampler], grad_through_denoiser=jacobian, cap_rule="target")
+    kw = dict(dtype=F64, disable=True)
+    batch = sample_energy_dps(prior, energy, cfg, lam_B=lam, cap_B=torch.tensor([9.0, 9.0, 5.0, 9.0]),
+                              generators=seeds, **kw)
+    single = torch.cat([sample_energy_dps(prior, energy, cfg, lam_B=float(lam[b]), cap_B=[9.0, 9.0, 5.0, 9.0][b],
                                           generators=[s], **kw) for b, s in enumerate(seeds)])
     torch.testing.assert_close(batch, single, rtol=1e-5, atol=1e-5)
 
@@ -69,9 +71,10 @@ def test_batch_of_mixed_features_equals_single_runs_on_an_image_prior(sampler, j
     prior = image_prior()
     backbone, tc = identity_backbone(), channel_reader()
     units = torch.tensor([0, 4, 2])
-    kw = dict(timesteps=spaced_timesteps(SCHEDULE, 8), grad_through_denoiser=jacobian, lam_B=2.0, disable=True)
-    batch = SAMPLERS[sampler](prior, feature_score(backbone, tc, units), generators=[7, 8, 9], **kw)
-    single = torch.cat([SAMPLERS[sampler](prior, feature_score(backbone, tc, int(u)), generators=[s], **kw)
+    cfg = replace(SAMPLERS[sampler], num_steps=8, grad_through_denoiser=jacobian)
+    kw = dict(lam_B=2.0, disable=True)
+    batch = sample_energy_dps(prior, feature_score(backbone, tc, units), cfg, generators=[7, 8, 9], **kw)
+    single = torch.cat([sample_energy_dps(prior, feature_score(backbone, tc, int(u)), cfg, generators=[s], **kw)
                         for u, s in zip(units, [7, 8, 9])])
     torch.testing.assert_close(batch, single, rtol=1e-4, atol=1e-5)
     unguided = sample_ddpm(prior.eps, initial_noise((3, 16, 16), [7, 8, 9]), SCHEDULE, generator=[7, 8, 9],
@@ -83,20 +86,20 @@ def test_lambda_zero_is_the_unguided_sampler_bit_for_bit():
     prior, energy = gmm_oracle_prior(four_mode_gmm(), SCHEDULE), angular_energy()
     seeds = list(range(6))
     x_T = initial_noise((2,), seeds, dtype=F64)
-    ddim = sample_energy_dps_ddim(prior, energy, eta=0.3, timesteps=STEPS, lam_B=0.0, generators=seeds, dtype=F64,
-                                  disable=True)
+    ddim = sample_energy_dps(prior, energy, replace(UNCAPPED, sampler="ddim", eta=0.3), lam_B=0.0, generators=seeds,
+                             dtype=F64, disable=True)
     assert torch.equal(ddim, sample_ddim(prior.eps, x_T, SCHEDULE, generator=seeds, timesteps=STEPS, eta=0.3,
                                          disable=True))
-    ddpm = sample_energy_dps_ddpm(prior, energy, timesteps=STEPS, lam_B=0.0, generators=seeds, dtype=F64,
-                                  disable=True)
+    ddpm = sample_energy_dps(prior, energy, UNCAPPED, lam_B=0.0, generators=seeds, dtype=F64, disable=True)
     assert torch.equal(ddpm, sample_ddpm(prior.eps, x_T, SCHEDULE, generator=seeds, timesteps=STEPS, disable=True))
 
 
 def test_cap_below_every_psi_is_unguided_and_above_is_uncapped():
     prior = gaussian_prior()
     psi = Energy(lambda x: x[:, 0], "x1")
-    run = lambda lam, cap: sample_energy_dps_ddpm(prior, psi, timesteps=STEPS, lam_B=lam, cap_B=cap,  # noqa: E731
-                                                  generators=list(range(50)), dtype=F64, disable=True)
+    run = lambda lam, cap: sample_energy_dps(  # noqa: E731
+        prior, psi, UNCAPPED if cap is None else replace(UNCAPPED, cap_rule="fixed", cap=cap), lam_B=lam,
+        generators=list(range(50)), dtype=F64, disable=True)
     assert torch.equal(run(1.0, -1e9), run(0.0, None))
     torch.testing.assert_close(run(1.0, 1e9), run(1.0, None))
     assert not torch.allclose(run(1.0, 0.5), run(1.0, None))
@@ -114,10 +117,11 @@ def test_linear_psi_on_a_gaussian_gives_the_shifted_gaussian_tilt(which):
     gen = torch.Generator().manual_seed(1)
     x_T = torch.randn(n, 2, generator=gen, dtype=F64)
     if which == "ddpm":
-        x0 = sample_energy_dps_ddpm(prior, psi, x_T, lam_B=lam, step_size="tilted_score", generators=gen, disable=True)
+        cfg = GuidanceConfig(num_steps=None, step_size="tilted_score", cap_rule="none")
+        x0 = sample_energy_dps(prior, psi, cfg, x_T=x_T, lam_B=lam, generators=gen, disable=True)
     else:
-        x0 = sample_energy_dps_ddim(prior, psi, x_T, eta=0.0, timesteps=spaced_timesteps(SCHEDULE, 200), lam_B=lam,
-                                    step_size="tilted_score", disable=True)
+        cfg = GuidanceConfig(num_steps=200, sampler="ddim", eta=0.0, step_size="tilted_score", cap_rule="none")
+        x0 = sample_energy_dps(prior, psi, cfg, x_T=x_T, lam_B=lam, disable=True)
     se = s / math.sqrt(n)
     assert (x0.mean(0) - (mu + lam * s**2 * a)).abs().max() < 4 * se + 0.01, x0.mean(0)
     torch.testing.assert_close(x0.var(0), torch.full((2,), s**2, dtype=F64), rtol=0.07, atol=0)
@@ -125,9 +129,9 @@ def test_linear_psi_on_a_gaussian_gives_the_shifted_gaussian_tilt(which):
 
 def test_guidance_raises_the_mean_score_monotonically():
     prior, psi = gmm_oracle_prior(four_mode_gmm(), SCHEDULE), angular_energy()
-    means = [float(psi(sample_energy_dps_ddpm(prior, psi, timesteps=STEPS, lam_B=lam, step_size="tilted_score",
-                                              generators=torch.Generator().manual_seed(3), batch_size=400, dtype=F64,
-                                              disable=True)).mean()) for lam in (0.0, 0.05, 0.2)]
+    cfg = replace(UNCAPPED, step_size="tilted_score")
+    means = [float(psi(sample_energy_dps(prior, psi, cfg, lam_B=lam, generators=torch.Generator().manual_seed(3),
+                                         batch_size=400, dtype=F64, disable=True)).mean()) for lam in (0.0, 0.05, 0.2)]
     assert means[0] < means[1] < means[2]
 
 
@@ -140,20 +144,26 @@ def test_non_finite_psi_raises_naming_the_step(bad):
         return x.sum(-1) * (bad if calls["n"] == 4 else 1.0)
 
     with pytest.raises(NonFiniteGuidance, match=r"reverse step 3 \(diffusion timestep t=\d+\)"):
-        sample_energy_dps_ddpm(gaussian_prior(), psi, timesteps=STEPS, generators=[0, 1], dtype=F64, disable=True)
+        sample_energy_dps(gaussian_prior(), psi, UNCAPPED, generators=[0, 1], dtype=F64, disable=True)
 
 
 def test_bad_arguments_are_rejected():
     prior = gaussian_prior()
-    kw = dict(timesteps=STEPS, generators=[0, 1], dtype=F64, disable=True)
+    kw = dict(generators=[0, 1], dtype=F64, disable=True)
     with pytest.raises(ValueError, match=r"one value per sample, shape \(2,\)"):
-        sample_energy_dps_ddpm(prior, lambda x: x, **kw)
+        sample_energy_dps(prior, lambda x: x, UNCAPPED, **kw)
     with pytest.raises(ValueError, match="step_size"):
-        sample_energy_dps_ddpm(prior, lambda x: x.sum(-1), step_size="dps", **kw)
+        replace(UNCAPPED, step_size="dps")
     with pytest.raises(ValueError, match="lam_B"):
-        sample_energy_dps_ddpm(prior, lambda x: x.sum(-1), lam_B=torch.ones(3), **kw)
+        sample_energy_dps(prior, lambda x: x.sum(-1), UNCAPPED, lam_B=torch.ones(3), **kw)
     with pytest.raises(ValueError, match="eta"):
-        sample_energy_dps_ddim(prior, lambda x: x.sum(-1), eta=1.5, **kw)
+        replace(UNCAPPED, sampler="ddim", eta=1.5)
+    with pytest.raises(ValueError, match="cap_rule='fixed'"):
+        GuidanceConfig(cap=15.0)
+    with pytest.raises(ValueError, match="needs the per-sample cap_B"):
+        sample_energy_dps(prior, lambda x: x.sum(-1), GuidanceConfig(num_steps=40), **kw)
+    with pytest.raises(ValueError, match="sets the cap itself"):
+        sample_energy_dps(prior, lambda x: x.sum(-1), GuidanceConfig.paper(), cap_B=1.0, **kw)
 
 
 class LearnedSigma(nn.Module):
@@ -180,7 +190,37 @@ def test_learned_variance_at_the_posterior_end_equals_the_posterior_variance_res
     base = gaussian_prior()
     learned = Prior(LearnedSigma(base.eps), SCHEDULE, (2,), clip_x0=None)
     psi = Energy(lambda x: x[:, 1], "x2")
-    kw = dict(timesteps=STEPS, lam_B=0.3, generators=list(range(20)), dtype=F64, disable=True)
-    torch.testing.assert_close(sample_energy_dps_ddpm(learned, psi, **kw), sample_energy_dps_ddpm(base, psi, **kw))
+    kw = dict(lam_B=0.3, generators=list(range(20)), dtype=F64, disable=True)
+    torch.testing.assert_close(sample_energy_dps(learned, psi, UNCAPPED, **kw), sample_energy_dps(base, psi, UNCAPPED,
+                                                                                                  **kw))
     with pytest.raises(ValueError, match="eps_and_log_variance"):
-        sample_energy_dps_ddpm(base, psi, variance="learned", **kw)
+        sample_energy_dps(base, psi, replace(UNCAPPED, variance="learned"), **kw)
+
+
+@pytest.mark.parametrize("jacobian", [True, False])
+@pytest.mark.parametrize("cap_mode", ["clip", "hinge"])
+def test_guidance_gradient_equals_finite_differences(jacobian, cap_mode):
+    """The guidance of one step against central differences of the objective it ascends:
+    obj(psi(x0-hat(x))) through the oracle denoiser, or (Jacobian-free) with eps held at its
+    value at x, so that d x0-hat / d x = 1 / sqrt(abar_t). float64 on the GMM oracle."""
+    from klsc_lib.diffusion.energy_dps import guidance_step
+    from klsc_lib.energies import capped_objective
+
+    prior, psi = gmm_oracle_prior(four_mode_gmm(), SCHEDULE), angular_energy()
+    x = torch.tensor([[1.3, -0.4], [-0.8, 2.1], [0.2, 0.9]], dtype=F64)
+    t, cap = 300, torch.tensor([5.0, 1.0, 2.0], dtype=F64)  # the caps bind for some samples, not others
+    out = guidance_step(prior, psi, x, t, cap_B=cap, cap_mode=cap_mode, grad_through_denoiser=jacobian)
+    abar = float(SCHEDULE.alphas_cumprod_T[t])
+    eps_fixed = prior.eps(x, torch.full((3,), t))
+
+    def objective_B(x_BD: torch.Tensor) -> torch.Tensor:
+        eps = prior.eps(x_BD, torch.full((3,), t)) if jacobian else eps_fixed
+        return capped_objective(psi((x_BD - (1 - abar) ** 0.5 * eps) / abar**0.5), cap, cap_mode)
+
+    h, fd = 1e-6, torch.zeros_like(x)
+    for d in range(2):
+        step = torch.zeros_like(x)
+        step[:, d] = h
+        fd[:, d] = (objective_B(x + step) - objective_B(x - step)) / (2 * h)
+    torch.testing.assert_close(out.grad, fd, rtol=1e-5, atol=1e-7)
+    assert (out.grad.abs().sum(1) > 0).any() and (cap_mode != "clip" or (out.grad[1] == 0).all())

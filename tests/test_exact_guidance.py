@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from klsc_lib.diffusion.exact_guidance import ExactTiltGuidance, gauss_hermite_grid
-from klsc_lib.diffusion.gmm_oracle import GMMOracle
-from klsc_lib.diffusion.schedule import DDPMSchedule
+from klsc_lib.diffusion.gmm_oracle import GMMOracle, GaussianMixture
+from klsc_lib.interfaces import DDPMSchedule
 from klsc_lib.energies import Energy, angular_energy
-from klsc_lib.worlds.gmm import GaussianMixture, four_mode_gmm
+from klsc_lib.worlds.gmm import four_mode_gmm
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 F64 = torch.float64

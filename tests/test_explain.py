@@ -8,17 +8,17 @@ import torch
 from torch import nn
 
 from klsc_lib.baselines.maco import MacoPrior
-from klsc_lib.diffusion.energy_dps import NonFiniteGuidance
+from klsc_lib.diffusion.energy_dps import NonFiniteGuidance, sample_units
 from klsc_lib.diffusion.samplers import initial_noise, sample_ddpm, spaced_timesteps
-from klsc_lib.diffusion.schedule import DDPMSchedule
-from klsc_lib.explain import (EnergyDPSConfig, MacoConfig, ProxyConfig, RunResult, Units, _FirstReach,
-                              energy_dps_samples, explain, fast_config, paper_config, run_energy_dps, run_maco,
-                              matched_cost, object_drift, run_proxy, store_config, strength_ablation,
-                              topk_targets)
-from klsc_lib.interfaces import HookedBackbone, Prior
+from klsc_lib.diffusion.guidance import GuidanceConfig, sample_seeds
+from klsc_lib.energies.units import Units
+from klsc_lib.explain import (MacoConfig, ProxyConfig, RunResult, _FirstReach, explain, run_energy_dps, run_maco,
+                              run_proxy, store_config, topk_targets)
+from klsc_lib.interfaces import DDPMSchedule, HookedBackbone, Prior, PromptProxy
 from klsc_lib.paper_values import ENERGYDPS
 from klsc_lib.sae.transcoder import Transcoder, TranscoderConfig
 from klsc_lib.samples_store import SamplesStore
+from klsc_lib.studies.nb04_energydps import matched_cost, object_drift, strength_ablation
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 SCHEDULE = DDPMSchedule()
@@ -56,7 +56,19 @@ def world():
     return prior, eps_net, Units("Feature", backbone, tc)
 
 
-FAST = EnergyDPSConfig(num_steps=10, scale=5.0)
+def scaled(scale: float, num_steps: int = 10, **kw) -> GuidanceConfig:
+    """Jacobian-free EnergyDPS at ``scale`` per step on the 1000-step schedule."""
+    return GuidanceConfig(num_steps=num_steps, strength=scale * num_steps / 1000, grad_through_denoiser=False, **kw)
+
+
+FAST = scaled(5.0)
+
+
+def energy_dps_samples(prior, units, units_B, cap_B, cfg, seeds, batch_size=64):
+    """sample_units on ``units``; uncapped (cap rule "none") when ``cap_B`` is None."""
+    if cap_B is None:
+        cfg = replace_cfg(cfg, cap_rule="none", cap=None)
+    return sample_units(prior, units.energy, units_B, cfg, seeds, cap_B, batch_size=batch_size)
 
 
 def test_cap_below_every_psi_and_zero_scale_are_the_unguided_sampler_bit_for_bit(world):
@@ -65,7 +77,7 @@ def test_cap_below_every_psi_and_zero_scale_are_the_unguided_sampler_bit_for_bit
     ref = sample_ddpm(prior.eps, initial_noise(SHAPE, seeds), SCHEDULE, generator=seeds,
                       timesteps=spaced_timesteps(SCHEDULE, 10), clip_x0=(-1.0, 1.0), disable=True)
     low_cap, _ = energy_dps_samples(prior, units, units_B, -1e9, FAST, seeds)
-    no_scale, _ = energy_dps_samples(prior, units, units_B, None, EnergyDPSConfig(num_steps=10, scale=0.0), seeds)
+    no_scale, _ = energy_dps_samples(prior, units, units_B, None, scaled(0.0), seeds)
     assert torch.equal(low_cap, ref) and torch.equal(no_scale, ref)
     chunked, _ = energy_dps_samples(prior, units, units_B, -1e9, FAST, seeds, batch_size=2)  # conv kernels may
     torch.testing.assert_close(chunked, ref, rtol=1e-5, atol=1e-6)  # round differently at another batch size
@@ -74,7 +86,7 @@ def test_cap_below_every_psi_and_zero_scale_are_the_unguided_sampler_bit_for_bit
 def test_guidance_raises_psi_monotonically_in_the_strength(world):
     prior, _, units = world
     units_B, seeds = torch.arange(8).repeat_interleave(3), list(range(24))
-    means = [float(energy_dps_samples(prior, units, units_B, None, EnergyDPSConfig(num_steps=10, scale=s),
+    means = [float(energy_dps_samples(prior, units, units_B, None, scaled(s),
                                       seeds)[1].mean()) for s in (0.0, 2.0, 8.0, 32.0)]
     assert all(a < b for a, b in zip(means, means[1:])), means
 
@@ -85,7 +97,7 @@ def test_calibration_reaches_the_targets_of_a_batch_of_units_at_once(world):
     _, free = energy_dps_samples(prior, units, units_U.repeat_interleave(4), None, FAST, list(range(16)))
     target_U = 0.8 * free.reshape(4, 4).mean(1)  # reachable: between unguided and uncapped
     base = energy_dps_samples(prior, units, units_U.repeat_interleave(4), None,
-                              EnergyDPSConfig(num_steps=10, scale=0.0), list(range(16)))[1].reshape(4, 4).mean(1)
+                              scaled(0.0), list(range(16)))[1].reshape(4, 4).mean(1)
     target_U = torch.maximum(target_U, base + 0.5 * (free.reshape(4, 4).mean(1) - base))
     res = run_energy_dps(prior, units, units_U, target_U, 4, replace_cfg(FAST, calib_iters=8, cap_bracket=(0.2, 3.0)),
                          disable=True)
@@ -126,7 +138,8 @@ def test_store_round_trip_skips_stored_units(world, tmp_path):
     runs = []
 
     def run(units_U, target_U):
-        res = run_energy_dps(prior, units, units_U, target_U, 2, replace_cfg(FAST, cap=1e9), disable=True)
+        res = run_energy_dps(prior, units, units_U, target_U, 2, replace_cfg(FAST, cap_rule="fixed", cap=1e9),
+                             disable=True)
         runs.append(units_U.tolist())
         return res
 
@@ -149,12 +162,15 @@ def test_first_reach_keeps_the_first_step_at_the_target():
 
 
 def test_paper_and_fast_configs():
-    p = paper_config()
-    assert (p.num_steps, p.scale, p.grad_through_denoiser, p.cap) == (None, ENERGYDPS["guidance_scale"], True,
-                                                                     ENERGYDPS["cap"])
-    f = fast_config(100)
-    assert f.scale * f.num_steps == pytest.approx(p.scale * 1000) and f.grad_through_denoiser and f.cap is None
-    assert not fast_config(100, grad_through_denoiser=False).grad_through_denoiser
+    p = GuidanceConfig.paper()
+    assert (p.num_steps, p.step_scale(SCHEDULE), p.grad_through_denoiser, p.cap_rule, p.cap) == (
+        None, ENERGYDPS["guidance_scale"], True, "fixed", ENERGYDPS["cap"])
+    f = GuidanceConfig.fast()
+    assert f == GuidanceConfig() and (f.num_steps, f.grad_through_denoiser, f.cap_rule) == (50, True, "calibrated")
+    # the strength is the whole chain's: scale x steps is half the paper's 1.0 x 1000 at any step count
+    for steps in (50, 100):
+        assert GuidanceConfig.fast(steps).step_scale(SCHEDULE) * steps == pytest.approx(0.5 * 1000)
+    assert not GuidanceConfig.fast(grad_through_denoiser=False).grad_through_denoiser
 
 
 def test_topk_targets_are_the_mean_of_the_best_real_images(world):
@@ -180,8 +196,8 @@ def test_maco_and_proxy_runs_are_batched_and_pick_a_step(world):
     def eps_given(x, t_B, e):
         return prior.eps(x, t_B) * e.mean(1)[:, None, None, None]
 
-    res = run_proxy(eps_given, lambda b: emb.weight[:1].detach().expand(b, -1).clone(), prior, units, units_U, t,
-                    2, ProxyConfig(max_steps=3, chain_steps=3), disable=True)
+    proxy = PromptProxy(eps_given, lambda b: emb.weight[:1].detach().expand(b, -1).clone())
+    res = run_proxy(proxy, prior, units, units_U, t, 2, ProxyConfig(max_steps=3, chain_steps=3), disable=True)
     assert res.images_UNCHW.shape == (2, 2, *SHAPE) and res.psi_UN.shape == (2, 2)
 
 
@@ -192,7 +208,7 @@ def test_paper_profile_settings_run_the_same_code_at_reduced_size(world):
     from klsc_lib.profiles import get_profile
 
     cfg = get_profile("04_energydps", "paper")
-    assert cfg.paper == paper_config() and cfg.n_features == 100 and cfg.maco.max_steps == 1000
+    assert cfg.paper == GuidanceConfig.paper() and cfg.n_features == 100 and cfg.maco.max_steps == 1000
     _, _, units = world
     from diffusers import UNet2DModel
 
@@ -212,7 +228,7 @@ def test_strength_ablation_starts_at_the_unguided_prior_and_rises(world):
     prior, _, units = world
     units_B, seeds = torch.arange(6).repeat_interleave(2), list(range(12))
     rows = strength_ablation(prior, units, units_B, FAST, (0.0, 1.0, 4.0), seeds, lambda x: float(x.std()))
-    _, psi0 = energy_dps_samples(prior, units, units_B, None, EnergyDPSConfig(num_steps=10, scale=0.0), seeds)
+    _, psi0 = energy_dps_samples(prior, units, units_B, None, scaled(0.0), seeds)
     assert [r[0] for r in rows] == [0.0, 1.0, 4.0]
     assert rows[0][1] == pytest.approx(float(psi0.mean()), abs=1e-6)
     assert rows[0][1] < rows[1][1] < rows[2][1]
@@ -221,8 +237,8 @@ def test_strength_ablation_starts_at_the_unguided_prior_and_rises(world):
 def test_object_drift_without_the_task_term_is_energy_dps_on_psi_alone(world):
     prior, _, units = world
     task = units.energy(torch.full((4,), 9))  # a second unit as the "task"
-    rows = object_drift(prior, units, 3, 1e9, task, lambda x: task(x), (0.0, 2.0), FAST)
-    x0, psi0 = energy_dps_samples(prior, units, torch.full((4,), 3), 1e9, FAST, [0, 1, 2, 3])
+    rows = object_drift(prior, units, 3, 1e9, task, lambda x: task(x), (0.0, 2.0), FAST, seed=5)
+    x0, psi0 = energy_dps_samples(prior, units, torch.full((4,), 3), 1e9, FAST, sample_seeds(5, 3, 4))
     assert torch.equal(rows[0].images_BCHW, x0) and rows[0].mean_psi == pytest.approx(float(psi0.mean()), abs=1e-6)
     assert rows[1].p_task > rows[0].p_task  # the task term pulls its own score up
 
@@ -231,7 +247,7 @@ def test_matched_cost_calibrates_the_fast_configuration_to_what_paper_config_rea
     prior, _, units = world
     units_U = torch.tensor([2, 6])
     _, free = energy_dps_samples(prior, units, units_U.repeat_interleave(3), None, FAST, list(range(6)))
-    slow = EnergyDPSConfig(num_steps=20, scale=1.0, grad_through_denoiser=True)
+    slow = replace_cfg(scaled(1.0, num_steps=20), grad_through_denoiser=True)
     res = matched_cost(prior, units, units_U, free.reshape(2, 3).mean(1), 3,
                        replace_cfg(FAST, calib_iters=6, cap_bracket=(0.0, 3.0)), slow)
     reached = res["paper_config"].psi_UN.mean(1)
@@ -240,3 +256,54 @@ def test_matched_cost_calibrates_the_fast_configuration_to_what_paper_config_rea
     assert ((res["fast"].psi_UN.mean(1) - reached).abs() < 0.25 * spread).all()
     # the timed pass at the calibrated caps redraws the calibration's best sample set (same seeds, same caps)
     torch.testing.assert_close(res["fast"].images_UNCHW, res["fast_calibration"].images_UNCHW, rtol=0, atol=1e-6)
+
+
+# ---------------------------------------------------------------- one configuration, one seed scheme
+def test_klsc_sample_the_inspector_and_explain_draw_the_same_images(world):
+    """One feature, seed and GuidanceConfig: the `klsc sample` stage's sampling function, the
+    inspector's on-demand sampler and explain's run give the same images bit for bit."""
+    from klsc_lib.pipeline.sample import feature_samples
+    from klsc_lib.viz.inspector_data import sample_feature
+
+    prior, _, units = world
+    feature, seed, n = 11, 3, 3
+    pool_BCHW = torch.rand(64, *SHAPE) * 2 - 1
+    real_BCHW = pool_BCHW[units.energy(torch.full((64,), feature))(pool_BCHW).topk(4).indices]  # its top images
+    target = units.energy(torch.full((4,), feature))(real_BCHW).mean()
+    at_target = GuidanceConfig.fast(6, cap_rule="target")
+    stage = feature_samples(prior, units, feature, real_BCHW, at_target, seed, n)
+    notebook = run_energy_dps(prior, units, [feature], target.reshape(1), n, at_target, seed, disable=True)
+    inspector = sample_feature(prior, units.backbone, units.transcoder, feature,
+                               replace_cfg(at_target, cap_rule="fixed", cap=float(target)),
+                               sample_seeds(seed, feature, n))
+    assert torch.equal(stage.images_UNCHW[0], notebook.images_UNCHW[0])
+    assert torch.equal(inspector.images_BCHW, notebook.images_UNCHW[0])
+    assert torch.equal(inspector.psi_B, notebook.psi_UN[0])
+    unguided = sample_ddpm(prior.eps, initial_noise(SHAPE, sample_seeds(seed, feature, n)), SCHEDULE,
+                           generator=sample_seeds(seed, feature, n), timesteps=spaced_timesteps(SCHEDULE, 6),
+                           clip_x0=(-1.0, 1.0), disable=True)
+    assert not torch.allclose(inspector.images_BCHW, unguided, atol=1e-3)  # the guidance acted
+
+
+def test_a_units_samples_do_not_depend_on_the_other_units_of_its_run(world):
+    prior, _, units = world
+    cfg = replace_cfg(FAST, cap_rule="target")
+    alone = run_energy_dps(prior, units, [5], torch.tensor([0.3]), 2, cfg, seed=1, disable=True)
+    mixed = run_energy_dps(prior, units, [9, 5, 2], torch.tensor([0.1, 0.3, 0.2]), 2, cfg, seed=1, disable=True)
+    assert torch.equal(mixed.images_UNCHW[1], alone.images_UNCHW[0]) and torch.equal(mixed.psi_UN[1], alone.psi_UN[0])
+
+
+def test_a_store_filled_in_two_runs_equals_one_filled_in_one(world, tmp_path):
+    """An interrupted run resumed later (calibrated caps) writes the same samples as one run."""
+    prior, _, units = world
+    units_U, target_U = torch.tensor([4, 8, 15, 16]), torch.tensor([0.2, 0.4, 0.3, 0.5])
+    run = lambda u, t: run_energy_dps(prior, units, u, t, 2, FAST, seed=7, disable=True)  # noqa: E731
+    stores = [SamplesStore("EnergyDPS", "Feature", store_config("EnergyDPS", FAST, 2, 7, {"w": 1}), tmp_path / name)
+              for name in ("whole", "resumed")]
+    explain(stores[0], run, units_U, target_U)
+    explain(stores[1], run, units_U[:2], target_U[:2])  # interrupted half-way
+    explain(stores[1], run, units_U, target_U)
+    for u in units_U.tolist():
+        whole, resumed = stores[0].get(u), stores[1].get(u)
+        assert torch.equal(whole.images_BCHW, resumed.images_BCHW) and torch.equal(whole.psi_B, resumed.psi_B)
+        assert torch.equal(whole.extras["knob"], resumed.extras["knob"])

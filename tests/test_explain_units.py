@@ -4,16 +4,19 @@ and a store round trip."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pytest
 import torch
 
 from _tiny_world import tiny_transcoder, tiny_world
-from klsc_lib.explain import (EnergyDPSConfig, Units, draw_units, explain_neurons, feature_units, stored_samples,
-                              store_config)
+from klsc_lib.diffusion.guidance import GuidanceConfig
+from klsc_lib.energies.units import Units
+from klsc_lib.explain import feature_units, store_config, stored_samples
+from klsc_lib.runtime import world_key
 from klsc_lib.sae.artifacts import TranscoderRecipe
 from klsc_lib.samples_store import SamplesStore
+from klsc_lib.studies.nb04_energydps import draw_units, explain_neurons
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -50,15 +53,18 @@ def test_feature_units_train_once_then_load_frozen(world, tmp_path, monkeypatch)
 
     recipe = TranscoderRecipe(kernel_size=3, k=4, expansion=2, lr=1e-2, warmup_steps=2, steps=4, batch_size=8,
                               dead_window=3, n_cache_images=16, n_eval_images=16, shard_size=8, cache_batch_size=8)
-    a = feature_units(world, Cfg(), recipe)
-    b = feature_units(world, Cfg(), recipe)
+    keyed = replace(world, key=world_key(Cfg()))
+    with pytest.raises(ValueError, match="no key"):
+        feature_units(world, recipe)
+    a = feature_units(keyed, recipe)
+    b = feature_units(keyed, recipe)
     assert a.count == b.count == 2 * a.transcoder.cfg.d_in
     assert not any(p.requires_grad for p in a.transcoder.parameters())
     assert all(torch.equal(p, q) for p, q in zip(a.transcoder.parameters(), b.transcoder.parameters()))
 
 
 def test_explain_neurons_targets_are_brute_force_and_the_store_is_reused(world, tmp_path):
-    cfg = EnergyDPSConfig(num_steps=5, scale=2.0, calibrate=False)
+    cfg = GuidanceConfig(num_steps=5, strength=2.0 * 5 / 1000, grad_through_denoiser=False, cap_rule="target")
     store = SamplesStore("EnergyDPS", "Neuron", store_config("EnergyDPS", cfg, 2, 0, {"w": 1}), root=tmp_path)
     images = world.test.images[:32]
     ids, t_U, psi = explain_neurons(store, world, 3, torch.Generator().manual_seed(0), images, 2, cfg, k_target=2)
@@ -69,5 +75,28 @@ def test_explain_neurons_targets_are_brute_force_and_the_store_is_reused(world, 
     x_UNCHW, psi_UN = stored_samples(store, ids)
     assert x_UNCHW.shape == (3, 2, 3, 32, 32) and torch.equal(psi_UN, torch.stack([psi[int(u)] for u in ids]))
     again = explain_neurons(store, world, 3, torch.Generator().manual_seed(0), images, 2,
-                            EnergyDPSConfig(num_steps=5, scale=float("nan"), calibrate=False), k_target=2)[2]
+                            GuidanceConfig(num_steps=5, strength=float("nan"), cap_rule="target"), k_target=2)[2]
     assert all(torch.equal(again[u], psi[u]) for u in psi)  # read back, not resampled (a NaN scale would raise)
+
+
+def test_the_inspector_shows_notebook_04s_concept_label_for_the_same_top_images(world):
+    """One concept function: fed the top images notebook 04 found for its units (an index
+    holding those ids), the inspector labels each unit with notebook 04's (factor, value)."""
+    from klsc_lib.analysis.monosemanticity import dataset_factors
+    from klsc_lib.sae.topk_index import TopKIndex
+    from klsc_lib.viz.inspector_data import feature_concepts
+
+    tc, _ = tiny_transcoder(world)
+    units = Units("Feature", world.backbone, tc, image_size=32)
+    drawn = draw_units(units, world, 4, torch.Generator().manual_seed(3), k=6, k_target=2)
+    index = TopKIndex(len(drawn.units_U), 6)
+    index.ids_UK = drawn.search.ids_UK.clone()
+    factors = dataset_factors(world.train, world.factor_names)  # the factor sizes notebook 04 uses
+    test_factors = dataset_factors(world.test, world.factor_names, n=len(world.test) // 2)
+    assert {n: int(v.max()) for n, v in factors.items()} == {n: int(v.max()) for n, v in test_factors.items()}
+    shown = feature_concepts(index, test_factors)
+    for i in range(len(drawn.units_U)):
+        assert (shown[i].factor, shown[i].value) == (drawn.concepts.factor_U[i], int(drawn.concepts.value_U[i]))
+        # the share is the count of top images carrying the value, recomputed here
+        ids = drawn.search.ids_UK[i].numpy()
+        assert shown[i].count == int((test_factors[shown[i].factor][ids] == shown[i].value).sum())

@@ -7,7 +7,9 @@ import math
 import pytest
 import torch
 
-from klsc_lib.worlds.gmm import AngularScore, GaussianMixture, four_mode_gmm
+from klsc_lib.diffusion.gmm_oracle import GaussianMixture
+from klsc_lib.energies.toy import AngularScore
+from klsc_lib.worlds.gmm import four_mode_gmm
 
 
 def test_score_is_gradient_of_log_density_at_every_noise_level():

@@ -1,4 +1,4 @@
-"""Tests of the notebook-02 toy studies (klsc_lib.baselines.gmm_study) against closed forms."""
+"""Tests of the notebook-02 toy studies (klsc_lib.studies.nb02_sampling_pathologies) against closed forms."""
 
 from __future__ import annotations
 
@@ -8,12 +8,12 @@ import statistics
 import pytest
 import torch
 
-from klsc_lib.baselines import gmm_study as gs
+from klsc_lib.studies import nb02_sampling_pathologies as gs
 from klsc_lib.constraints.calibration import Calibrated
 from klsc_lib.constraints.score_variable import EmpiricalScore, midpoint_grid_2d
 from klsc_lib.diffusion.exact_guidance import ExactTiltGuidance
 from klsc_lib.diffusion.gmm_oracle import GMMOracle, gmm_oracle_prior
-from klsc_lib.diffusion.schedule import DDPMSchedule
+from klsc_lib.interfaces import DDPMSchedule
 from klsc_lib.energies import angular_energy
 from klsc_lib.profiles import get_profile
 from klsc_lib.worlds.gmm import four_mode_gmm

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from klsc_lib.diffusion.guidance import GuidanceConfig
 from klsc_lib.energies import feature_score
 from klsc_lib.samples_store import SamplesStore
 from klsc_lib.sae.topk_index import TopKIndex
@@ -32,7 +33,7 @@ def tiny():
 def make(tiny, tmp_path, stores=None, **kw) -> FeatureInspector:
     world, model, index = tiny
     return FeatureInspector(world, model, kw.pop("index", index), stores, notes_path=tmp_path / "notes.json",
-                            steps=kw.pop("steps", 6), **kw)
+                            guidance=GuidanceConfig.fast(kw.pop("steps", 6)), **kw)
 
 
 def captions(box) -> list[str]:
@@ -49,8 +50,9 @@ class FakeSampler:
         if not hold:
             self.gate.set()
 
-    def __call__(self, prior, backbone, model, feature, *, n, strength, cap, steps, seeds, callback):
-        self.calls.append((feature, strength, cap, tuple(seeds)))
+    def __call__(self, prior, backbone, model, feature, guidance, seeds, callback):
+        n, steps = len(seeds), guidance.num_steps
+        self.calls.append((feature, guidance.strength, guidance.cap, tuple(seeds)))
         self.threads.append(threading.get_ident())
         self.started.set()
         assert self.gate.wait(30)

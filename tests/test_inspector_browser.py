@@ -48,13 +48,13 @@ def smoke_feature(smoke_world) -> tuple[int, int]:
     purest (its concept shared by most of its top images), ties to the strongest.
     Returns (feature, top-k images the inspector shows)."""
     from klsc_lib.analysis.monosemanticity import dataset_factors
-    from klsc_lib.viz.inspector_data import feature_concepts, miniworld_value_names
+    from klsc_lib.viz.inspector_data import feature_concepts
 
     from _smoke_transcoder import smoke_transcoder
 
     cfg, world, _, index = smoke_transcoder(smoke_world)
     factors = dataset_factors(world.test, tuple(world.factor_names), int(index.ids_UK.max()) + 1)
-    concepts = feature_concepts(index, factors, cfg.grid_k, miniworld_value_names(world.factor_names))
+    concepts = feature_concepts(index, factors, cfg.grid_k, world.value_names)
     feature = max(concepts, key=lambda f: (concepts[f].share, float(index.scores_UK[f, 0])))
     return feature, cfg.grid_k
 
@@ -70,10 +70,11 @@ def _notebook(k: int, store_root: Path, notes: Path) -> dict:
         "import sys",
         f"sys.path.insert(0, {str(ROOT / 'tests')!r})",
         "from _smoke_transcoder import smoke_transcoder",
+        "from klsc_lib.diffusion.guidance import GuidanceConfig",
         "from klsc_lib.viz.inspector import FeatureInspector",
         "_, world, fitted, index = smoke_transcoder()  # from $KLSC_CACHE",
         f"FeatureInspector(world, fitted, index, {str(store_root)!r}, notes_path={str(notes)!r}, k={k}, "
-        f"steps={STEPS}, n_samples={N_SAMPLES})",
+        f"guidance=GuidanceConfig.fast({STEPS}), n_samples={N_SAMPLES})",
     ])
     cell = {"cell_type": "code", "execution_count": None, "metadata": {}, "outputs": [], "source": source}
     return {"cells": [cell], "metadata": {"kernelspec": {"name": "klsc", "display_name": "Python (klsc)",
@@ -83,17 +84,18 @@ def _notebook(k: int, store_root: Path, notes: Path) -> dict:
 def _stored_samples(smoke_world, feature: int, store_root: Path) -> None:
     """Real EnergyDPS samples of ``feature`` in a samples store, as notebook 04 leaves them
     (the inspector's default strength for STEPS steps, the cap at the top image's score)."""
-    from klsc_lib.paper_values import ENERGYDPS
+    from dataclasses import replace
+
+    from klsc_lib.diffusion.guidance import GuidanceConfig
     from klsc_lib.samples_store import SamplesStore
     from klsc_lib.viz.inspector_data import sample_feature
 
     from _smoke_transcoder import smoke_transcoder
 
     _, world, fitted, index = smoke_transcoder(smoke_world)
-    strength = ENERGYDPS["guidance_scale"] * world.prior.schedule.num_train_timesteps / STEPS
-    batch = sample_feature(world.prior, fitted.backbone, fitted.model, feature, n=N_SAMPLES, strength=strength,
-                           cap=float(index.scores_UK[feature, 0]), steps=STEPS, seeds=range(100, 100 + N_SAMPLES))
-    SamplesStore("EnergyDPS", "Feature", {"steps": STEPS, "strength": strength}, store_root).put(
+    guidance = replace(GuidanceConfig.fast(STEPS), cap_rule="fixed", cap=float(index.scores_UK[feature, 0]))
+    batch = sample_feature(world.prior, fitted.backbone, fitted.model, feature, guidance, range(100, 100 + N_SAMPLES))
+    SamplesStore("EnergyDPS", "Feature", {"steps": STEPS, "strength": guidance.strength}, store_root).put(
         feature, batch.images_BCHW, batch.psi_B)
 
 

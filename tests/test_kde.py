@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from klsc_lib.analysis import kde
-from klsc_lib.worlds.gmm import GaussianMixture, four_mode_gmm
+from klsc_lib.diffusion.gmm_oracle import GaussianMixture
+from klsc_lib.worlds.gmm import four_mode_gmm
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

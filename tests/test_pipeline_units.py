@@ -11,9 +11,10 @@ import pytest
 import torch
 
 from _tiny_convnext import RandomImages, tiny_backbone
+from klsc_lib.diffusion.guidance import sample_seeds
 from klsc_lib.pipeline.__main__ import parse_args
 from klsc_lib.pipeline.distributed import Ranks, my_share
-from klsc_lib.pipeline.sample import choose_features, feature_seeds
+from klsc_lib.pipeline.sample import choose_features
 from klsc_lib.pipeline.train import history_csv
 from klsc_lib.sae.activation_cache import (ActivationCache, CacheIncompleteError, build_activation_cache,
                                            ensure_manifest, missing_shards, write_shards)
@@ -67,9 +68,10 @@ def test_shard_subsets_written_apart_equal_one_build(tmp_path):
         assert path.read_bytes() == (tmp_path / "split" / path.name).read_bytes(), path.name
 
 
-def test_feature_seeds_depend_only_on_seed_feature_and_image():
-    assert feature_seeds(0, 7, 3) == feature_seeds(0, 7, 5)[:3]
-    seeds = {s for f in range(50) for s in feature_seeds(0, f, 4)} | set(feature_seeds(1, 0, 4))
+def test_sample_seeds_depend_only_on_seed_unit_and_sample_index():
+    assert sample_seeds(0, 7, 3) == sample_seeds(0, 7, 5)[:3]
+    assert sample_seeds(0, 7, 2, start=3) == sample_seeds(0, 7, 5)[3:]
+    seeds = {s for f in range(50) for s in sample_seeds(0, f, 4)} | set(sample_seeds(1, 0, 4))
     assert len(seeds) == 50 * 4 + 4 and all(0 <= s < 2**63 for s in seeds)
 
 

@@ -12,9 +12,10 @@ from torch import nn
 
 from klsc_lib.analysis.raters import write_packet
 from klsc_lib.analysis.raters.simulate import concept_fraction, stored_sample_sets
-from klsc_lib.explain import Units, true_concepts
+from klsc_lib.energies.units import Units
 from klsc_lib.interfaces import HookedBackbone
 from klsc_lib.profiles.nb04_energydps import samples_stores
+from klsc_lib.studies.nb04_energydps import true_concepts
 from klsc_lib.samples_store import SamplesStore
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from klsc_lib.diffusion.gmm_oracle import GMMOracle, gmm_oracle_prior
+from klsc_lib.diffusion.gmm_oracle import GMMOracle, GaussianMixture, gmm_oracle_prior
 from klsc_lib.diffusion.samplers import (ancestral_step, initial_noise, sample_ddim, sample_ddpm, spaced_timesteps,
                                          step_alphas, step_pairs, tilted_score_step_size)
-from klsc_lib.diffusion.schedule import DDPMSchedule
-from klsc_lib.worlds.gmm import GaussianMixture, four_mode_gmm
+from klsc_lib.interfaces import DDPMSchedule
+from klsc_lib.worlds.gmm import four_mode_gmm
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -13,12 +13,13 @@ from klsc_lib.constraints.calibration import UnreachableTarget, calibrate_knob, 
 from klsc_lib.constraints.hard_vs_tilt import (effective_sample_size, kl_between_tilts, kl_tilt, resample,
                                                task_distortion_lower_bound, tilt)
 from klsc_lib.constraints.score_variable import EmpiricalScore
-from klsc_lib.diffusion.energy_dps import sample_energy_dps_ddpm
+from klsc_lib.diffusion.energy_dps import sample_energy_dps
+from klsc_lib.diffusion.guidance import GuidanceConfig
 from klsc_lib.diffusion.gmm_oracle import gmm_oracle_prior
 from klsc_lib.energies import angular_energy, reference_energy
-from klsc_lib.diffusion.samplers import spaced_timesteps
-from klsc_lib.diffusion.schedule import DDPMSchedule
-from klsc_lib.worlds.gmm import AngularScore, four_mode_gmm
+from klsc_lib.interfaces import DDPMSchedule
+from klsc_lib.energies.toy import AngularScore
+from klsc_lib.worlds.gmm import four_mode_gmm
 from klsc_lib.analysis.kde import Grid2D
 
 
@@ -131,9 +132,8 @@ def test_energy_dps_calibration_hits_t_within_tolerance():
     prior = gmm_oracle_prior(gmm, schedule)
 
     def draw(lam):
-        return sample_energy_dps_ddpm(prior, psi, timesteps=spaced_timesteps(schedule, 40), lam_B=lam,
-                                      step_size="tilted_score", generators=gen(9), batch_size=400,
-                                      dtype=torch.float64, disable=True)
+        return sample_energy_dps(prior, psi, GuidanceConfig(num_steps=40, step_size="tilted_score", cap_rule="none"),
+                                 lam_B=lam, generators=gen(9), batch_size=400, dtype=torch.float64, disable=True)
 
     res = calibrate_knob(draw, psi, 6.0, 0.0, 1.0, tol=0.05, max_iter=20, method="EnergyDPS", knob_name="lambda")
     assert res.reached and abs(float(psi(res.samples).mean()) - 6.0) <= 0.05 and res.mean_psi == pytest.approx(

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from klsc_lib.diffusion.schedule import DDPMSchedule
+from klsc_lib.interfaces import DDPMSchedule
 
 
 def test_alpha_bar_is_the_float64_product_of_one_minus_beta():
@@ -37,29 +37,6 @@ def test_predict_x0_inverts_add_noise_and_score_eps_round_trip():
     xt = s.add_noise(x0, eps, t)
     assert torch.allclose(s.predict_x0(xt, eps, t), x0, atol=1e-8)
     assert torch.allclose(s.eps_from_score(s.score_from_eps(eps, t), t), eps)
-
-
-def test_step_keeps_the_forward_marginal():
-    """x_t ~ q(x_t|x0), x_{t-1} = step(true eps, x_t, z): then x_{t-1} ~ q(x_{t-1}|x0) (Monte Carlo)."""
-    s = DDPMSchedule(num_train_timesteps=50)
-    n, g = 200_000, torch.Generator().manual_seed(1)
-    x0 = torch.full((n, 1), 0.5, dtype=torch.float64)
-    eps = torch.randn(n, 1, generator=g, dtype=torch.float64)
-    t = torch.full((n,), 30)
-    out = s.step(eps, t, s.add_noise(x0, eps, t), noise=torch.randn(n, 1, generator=g, dtype=torch.float64))
-    abar_prev = float(s.alphas_cumprod_T[29])
-    assert torch.allclose(out.pred_original_sample, x0)
-    assert abs(float(out.prev_sample.mean()) - 0.5 * abar_prev**0.5) < 4 / n**0.5
-    assert float(out.prev_sample.var()) == pytest.approx(1 - abar_prev, rel=0.01)
-
-
-def test_last_step_adds_no_noise_and_clip_applies():
-    s = DDPMSchedule(num_train_timesteps=10)
-    xt = torch.full((2, 1), 5.0, dtype=torch.float64)
-    t = torch.zeros(2, dtype=torch.long)
-    out = s.step(torch.zeros_like(xt), t, xt, noise=torch.ones_like(xt), clip_x0=(-1.0, 1.0))
-    assert torch.all(out.pred_original_sample == 1.0)
-    assert torch.allclose(out.prev_sample, out.pred_original_sample)
 
 
 def test_bad_config_rejected():

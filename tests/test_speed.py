@@ -9,12 +9,11 @@ import torch
 from torch import nn
 
 import klsc_lib.diffusion.energy_dps as energy_dps
-from klsc_lib.diffusion.energy_dps import NonFiniteGuidance, guidance_step, sample_energy_dps_ddpm
-from klsc_lib.diffusion.samplers import spaced_timesteps
-from klsc_lib.diffusion.schedule import DDPMSchedule
+from klsc_lib.diffusion.energy_dps import NonFiniteGuidance, guidance_step, sample_energy_dps
+from klsc_lib.diffusion.guidance import GuidanceConfig
 from klsc_lib.diffusion.speed import Speed, to_channels_last
 from klsc_lib.energies import Energy
-from klsc_lib.interfaces import Prior
+from klsc_lib.interfaces import DDPMSchedule, Prior
 from klsc_lib.worlds.zoo.guided_diffusion import learned_range_log_variance
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -47,9 +46,8 @@ def _world():
 
 
 def _sample(prior, energy, speed: Speed, steps: int = 20):
-    with speed.math():
-        return sample_energy_dps_ddpm(speed.prior(prior), speed.energy(energy), timesteps=spaced_timesteps(
-            prior.schedule, steps), lam_B=1.0, generators=[0, 1, 2, 3], disable=True)
+    guidance = GuidanceConfig(num_steps=steps, strength=steps / 1000, cap_rule="none", speed=speed)
+    return sample_energy_dps(prior, energy, guidance, generators=[0, 1, 2, 3], disable=True)
 
 
 def test_speed_off_and_tf32_on_cpu_change_nothing_bit_for_bit():

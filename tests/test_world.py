@@ -9,12 +9,11 @@ import matplotlib.image
 import pytest
 import torch
 
-from klsc_lib.diffusion.schedule import DDPMSchedule
 from klsc_lib.worlds.miniworld import MINIWORLD, MiniWorldConfig
 from klsc_lib.worlds.miniworld.data import FACTOR_NAMES, MiniWorldDataset
 from klsc_lib.worlds.miniworld.models import build_convnext, build_unet, hooked_backbone, priors
 from klsc_lib.report import Report
-from klsc_lib.interfaces import ConditionalPrior, World
+from klsc_lib.interfaces import ConditionalPrior, DDPMSchedule, World
 from klsc_lib.viz.world import record_world
 from klsc_lib.worlds.miniworld.quality import QUALITY_TARGETS, targets_met
 from klsc_lib.worlds import load_world

@@ -25,7 +25,7 @@ import pytest
 import torch
 from torch import nn
 
-from klsc_lib.diffusion.schedule import DDPMSchedule
+from klsc_lib.interfaces import DDPMSchedule
 from klsc_lib.worlds.zoo import WeightsFileError
 from klsc_lib.worlds.zoo.guided_diffusion import (IMAGENET256_UNCOND, GuidedUNetConfig, convert_guided_state_dict,
                                            diffusers_unet_kwargs, expected_guided_shapes, guided_diffusion_prior,

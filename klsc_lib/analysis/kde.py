@@ -20,7 +20,7 @@ from functools import cached_property
 
 import torch
 
-from klsc_lib.worlds.gmm import GaussianMixture
+from klsc_lib.diffusion.gmm_oracle import GaussianMixture
 
 DENSITY_FLOOR = 1e-300
 

@@ -24,7 +24,7 @@ from typing import Callable
 import torch
 
 from klsc_lib.constraints.calibration import Calibrated, solve_scalar
-from klsc_lib.worlds.gmm import GaussianMixture
+from klsc_lib.diffusion.gmm_oracle import GaussianMixture
 from klsc_lib.analysis.kde import Grid2D
 from klsc_lib.energies.base import ScoreFn as Score
 

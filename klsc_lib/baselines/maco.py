@@ -20,14 +20,15 @@ single runs.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from klsc_lib.baselines.image_common import (EnergyFn, as_cap, capped, checked_psi, rand_per_sample,
-                                             randn_per_sample, sample_generators)
+from klsc_lib.baselines.image_common import EnergyFn, rand_per_sample
+from klsc_lib.diffusion.samplers import Generators, initial_noise, resolve_generators
+from klsc_lib.energies import capped_objective, checked_psi
 
 _EPS = 1e-4
 
@@ -131,13 +132,13 @@ class MacoResult:
 def maco(energy: EnergyFn, prior: MacoPrior, batch_size: int, image_size: int, steps: int = 256, *,
          cap_B: float | torch.Tensor | None = None, lr: float = 1.0, buffer_factor: int = 4,
          crops_per_step: int = 6, box_size: tuple[float, float] = (0.20, 0.25), jitter: float = 0.15,
-         noise: float = 0.02, seeds: Sequence[int] | None = None,
-         generators: Sequence[torch.Generator] | None = None, device: torch.device | str | None = None,
+         noise: float = 0.02, seeds: Generators = None, device: torch.device | str | None = None,
          callback: Callable[[dict[str, Any]], None] | None = None, disable: bool | None = None) -> MacoResult:
     """MACO phase optimisation of ``batch_size`` images of side ``image_size`` (App J.3.1).
 
     ``steps`` is the knob the caller calibrates to the target level t; ``cap_B`` the
-    clip cap (scalar or per sample). ``noise`` 0.02 is the reference's 0.05 rescaled from
+    clip cap (scalar or per sample); ``seeds`` one seed or generator per sample (default
+    0..B-1), sample i drawing only from its own. ``noise`` 0.02 is the reference's 0.05 rescaled from
     its value range of width 5 to ours of width 2. ``callback`` receives
     ``{"i", "psi_B" (mean over crops), "x_BCHW" (buffer image)}`` before each update.
     """
@@ -147,36 +148,37 @@ def maco(energy: EnergyFn, prior: MacoPrior, batch_size: int, image_size: int, s
     if not 0 < box_size[0] <= box_size[1] <= 1:
         raise ValueError(f"box_size must satisfy 0 < low <= high <= 1, got {box_size}")
     device = torch.device(device) if device is not None else prior.magnitude_CHF.device
-    gens = sample_generators(batch_size, seeds, generators)
+    gens = resolve_generators(range(batch_size) if seeds is None else seeds, batch_size)
     side = image_size * buffer_factor
     magnitude_CHF = resize_spectrum(prior.magnitude_CHF.float(), side).to(device)
     colour_CC = prior.colour_CC.to(device)
     channels = magnitude_CHF.shape[0]
-    phase_BCHF = randn_per_sample(gens, (channels, side, side // 2 + 1), device).requires_grad_(True)
-    cap = as_cap(cap_B, batch_size, phase_BCHF)
+    phase_BCHF = initial_noise((channels, side, side // 2 + 1), gens, device=device).requires_grad_(True)
     optimiser = torch.optim.NAdam([phase_BCHF], lr=lr)
     k = crops_per_step
     for i in tqdm(range(steps), disable=disable, desc="MACO"):
         image_BCHW = buffer_to_image(maco_buffer(magnitude_CHF, phase_BCHF), colour_CC)
         half_BK = (box_size[0] + (box_size[1] - box_size[0]) * rand_per_sample(gens, (k,), device)) / 2
-        centres_BK2 = 0.5 + jitter * randn_per_sample(gens, (k, 2), device)
+        centres_BK2 = 0.5 + jitter * initial_noise((k, 2), gens, device=device)
         centres_BK2 = torch.minimum(torch.maximum(centres_BK2, half_BK[..., None]), 1 - half_BK[..., None])
         crops = crop_resize(image_BCHW, centres_BK2, 2 * half_BK, image_size)
-        crops = (crops + noise * randn_per_sample(gens, crops.shape[1:], device)
+        crops = (crops + noise * initial_noise(crops.shape[1:], gens, device=device)
                  + noise * (rand_per_sample(gens, crops.shape[1:], device) - 0.5))
         # one call per crop index: the energy always sees one image per sample, in sample order
-        psi_BK = torch.stack([checked_psi(energy, crops[:, j], i, "MACO") for j in range(k)], dim=1)
+        psi_BK = torch.stack([checked_psi(energy, crops[:, j], f"MACO, optimisation step {i}") for j in range(k)],
+                             dim=1)
         if callback is not None:
             callback({"i": i, "psi_B": psi_BK.detach().mean(dim=1), "x_BCHW": image_BCHW.detach()})
         optimiser.zero_grad(set_to_none=True)
-        (-capped(psi_BK, cap[:, None]).mean(dim=1).sum()).backward()
+        objective_BK = torch.stack([capped_objective(psi_B, cap_B, "clip") for psi_B in psi_BK.unbind(1)], dim=1)
+        (-objective_BK.mean(dim=1).sum()).backward()
         optimiser.step()
     with torch.no_grad():
         buffer_BCHW = maco_buffer(magnitude_CHF, phase_BCHF)
         centre_B12 = torch.full((batch_size, 1, 2), 0.5, device=device)
         size_B1 = torch.full((batch_size, 1), box_size[1], device=device)
         x_BCHW = crop_resize(buffer_to_image(buffer_BCHW, colour_CC), centre_B12, size_B1, image_size)[:, 0]
-        psi_B = checked_psi(energy, x_BCHW, steps, "MACO")
+        psi_B = checked_psi(energy, x_BCHW, f"MACO, optimisation step {steps}")
     return MacoResult(x_BCHW, psi_B, buffer_BCHW)
 
 

@@ -23,17 +23,17 @@ import copy
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import torch
 from torch.utils.checkpoint import checkpoint
 from tqdm.auto import tqdm
 
-from klsc_lib.baselines.image_common import (EnergyFn, as_cap, capped, checked_psi, randn_per_sample,
-                                             replaced_output, sample_generators)
-from klsc_lib.diffusion.samplers import spaced_timesteps
-from klsc_lib.diffusion.schedule import DDPMSchedule
-from klsc_lib.worlds.zoo.errors import WeightsFileError, WeightsSource
+from klsc_lib.baselines.image_common import EnergyFn, replaced_output
+from klsc_lib.diffusion.samplers import Generators, initial_noise, resolve_generators, spaced_timesteps
+from klsc_lib.energies import capped_objective, checked_psi
+from klsc_lib.interfaces import DDPMSchedule
+from klsc_lib.weights import WeightsFileError, WeightsSource
 
 EmbEpsFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # (x_t, t_B, emb) -> eps
 
@@ -90,20 +90,20 @@ def proxy_guidance(energy: EnergyFn, eps_given_embedding: EmbEpsFn, emb_init: to
                    sample_shape: tuple[int, ...], chain: DDIMChain, steps: int = 50, *, lr: float = 1e-3,
                    cap_B: float | torch.Tensor | None = None,
                    decode: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                   clip_x0: tuple[float, float] | None = None, seeds: Sequence[int] | None = None,
-                   generators: Sequence[torch.Generator] | None = None, use_checkpoint: bool = False,
+                   clip_x0: tuple[float, float] | None = None, seeds: Generators = None,
+                   use_checkpoint: bool = False,
                    callback: Callable[[dict[str, Any]], None] | None = None,
                    disable: bool | None = None) -> ProxyGuidanceResult:
     """``steps`` Adam steps on the embeddings ``emb_init`` (B, ...) to raise min(psi, cap)
     of the images ``decode(ddim_x0(...))`` (App J.3.2, eq. 20). Sample i starts its chain
-    from its own fixed noise (generator i, shape ``sample_shape``). ``decode`` maps the
+    from its own fixed noise (``seeds[i]``, a seed or generator, default i; shape ``sample_shape``). ``decode`` maps the
     chain's output to images in [-1, 1] (the VAE for latent priors; identity if None).
     ``callback`` gets ``{"i", "psi_B", "x_BCHW"}`` before each update."""
     batch = emb_init.shape[0]
     device = emb_init.device
-    x_T = randn_per_sample(sample_generators(batch, seeds, generators), tuple(sample_shape), device)
+    gens = resolve_generators(range(batch) if seeds is None else seeds, batch)
+    x_T = initial_noise(tuple(sample_shape), gens, device=device)
     emb = emb_init.detach().clone().requires_grad_(True)
-    cap = as_cap(cap_B, batch, x_T)
     decode = decode if decode is not None else (lambda x: x)
     optimiser = torch.optim.Adam([emb], lr=lr)
 
@@ -112,18 +112,18 @@ def proxy_guidance(energy: EnergyFn, eps_given_embedding: EmbEpsFn, emb_init: to
 
     for i in tqdm(range(steps), disable=disable, desc="proxy guidance"):
         x_BCHW = images(emb)
-        psi_B = checked_psi(energy, x_BCHW, i, "proxy guidance")
+        psi_B = checked_psi(energy, x_BCHW, f"proxy guidance, step {i}")
         if callback is not None:
             callback({"i": i, "psi_B": psi_B.detach(), "x_BCHW": x_BCHW.detach()})
         optimiser.zero_grad(set_to_none=True)
-        (-capped(psi_B, cap).sum()).backward()
+        (-capped_objective(psi_B, cap_B, "clip").sum()).backward()
         if not torch.isfinite(emb.grad).all():
             raise FloatingPointError(f"proxy guidance: non-finite gradient on the embedding at step {i}; lower lr "
                                      "or check the energy's gradient")
         optimiser.step()
     with torch.no_grad():
         x_BCHW = images(emb)
-        psi_B = checked_psi(energy, x_BCHW, steps, "proxy guidance")
+        psi_B = checked_psi(energy, x_BCHW, f"proxy guidance, step {steps}")
     return ProxyGuidanceResult(x_BCHW, psi_B, emb.detach())
 
 

@@ -8,39 +8,43 @@ DDIM) takes its usual step and adds zeta_i * lambda_b * grad_b:
     x_{i-1} = step(x_i, x0-hat) + zeta_i lambda grad_{x_i} obj(psi(x0-hat))  (lines 6-7)
 
 the plug-in grad log h_t ~ lambda grad psi(x0-hat) of App G (eq. 193) for the KLSC
-tilt p^lambda ∝ p e^{lambda psi} (eq. 24). Choices, made explicit:
+tilt p^lambda ∝ p e^{lambda psi} (eq. 24). Every choice is a field of one
+:class:`~klsc_lib.diffusion.guidance.GuidanceConfig`:
 
 - ``grad_through_denoiser``: True (DPS, released code) differentiates psi(x0-hat(x_i))
   through the denoiser; False is Jacobian-free: the gradient of psi w.r.t. x0-hat,
   times d x0-hat / d x_i = 1 / sqrt(abar_i) with eps held fixed.
-- ``step_size``: ``"constant"``: zeta_i = zeta (the paper's zeta * lambda = 1.0,
-  App J.4); ``"tilted_score"``: zeta_i = zeta * d x_{i-1} / d score, so the step
+- ``step_size``: ``"constant"``: zeta_i = 1 (lambda the per-step scale, the paper's
+  zeta * lambda = 1.0, App J.4); ``"tilted_score"``: zeta_i = d x_{i-1} / d score, so the step
   equals sampling with the score s + lambda grad psi(x0-hat) and lambda is the tilt's
   lambda (App G.4).
 - Per sample: ``lam_B`` and ``cap_B`` (scalars or one value per sample), the
   gradient of the batch sum of the objective (samples are independent, so each gets
   its own gradient; no batch-wide normalisation), and per-sample generators, so a
   batch of B equals B single runs with the same seeds.
-- ``cap_B`` with ``cap_mode`` clip / hinge / target (App J.2, :mod:`klsc_lib.energies.caps`).
+- the cap rule and ``cap_mode`` clip / hinge / target (App J.2, :mod:`klsc_lib.energies.caps`).
+- :func:`sample_units`: many units' samples in batches that mix units.
+- ``guidance.speed`` (:mod:`klsc_lib.diffusion.speed`): how the networks run; float32
+  eager by default. The psi that :func:`sample_units` reports is always float32.
 - NaN / inf in psi or its gradient raises :class:`NonFiniteGuidance`: at once on CPU;
-  on an accelerator once the chain has run (the per-step check would wait for the
-  device every step), naming the first bad step all the same.
+  on an accelerator once the chain has run (a per-step check would wait for the device
+  every step), naming the first bad step all the same.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Callable, Sequence
 
 import torch
 
+from klsc_lib.diffusion.guidance import GuidanceConfig
 from klsc_lib.diffusion.samplers import (Callback, DenoiserOutput, Generators, Variance, denoise, initial_noise,
                                          reverse_process, tilted_score_step_size)
-from klsc_lib.energies.base import Energy, ScoreFn, as_energy
-from klsc_lib.energies.caps import CAP_MODES, capped_objective
+from klsc_lib.diffusion.speed import to_channels_last
+from klsc_lib.energies.base import Energy, ScoreFn
+from klsc_lib.energies.caps import capped_objective
 from klsc_lib.interfaces import Prior
-
-StepSize = Literal["constant", "tilted_score"]
 
 
 class NonFiniteGuidance(FloatingPointError):
@@ -93,7 +97,7 @@ def guidance_step(prior: Prior, energy: Energy, x: torch.Tensor, t: int, i: int 
 
 
 def defer_checks(device: torch.device) -> bool:
-    """Whether the guided samplers check psi and its gradient once, after the chain, instead
+    """Whether the guided sampler checks psi and its gradient once, after the chain, instead
     of at every step: on accelerators, where a per-step check waits for the device."""
     return device.type != "cpu"
 
@@ -134,68 +138,72 @@ def _per_sample(value, batch: int, like: torch.Tensor, what: str) -> torch.Tenso
     return v.reshape(-1, *([1] * (like.ndim - 1)))
 
 
-def _sample_guided(prior: Prior, energy: Energy | ScoreFn, x_T: torch.Tensor | None, eta: float | None, *,
-                   timesteps, lam_B, cap_B, cap_mode, kappa, grad_through_denoiser, step_size, zeta, variance,
-                   generators, batch_size, dtype, device, callback, disable) -> torch.Tensor:
-    if step_size not in ("constant", "tilted_score"):
-        raise ValueError(f"step_size must be 'constant' or 'tilted_score', got {step_size!r}")
-    if cap_mode not in CAP_MODES:
-        raise ValueError(f"cap_mode must be one of {CAP_MODES}, got {cap_mode!r}")
-    energy = as_energy(energy)
+def sample_energy_dps(prior: Prior, energy: Energy | ScoreFn, guidance: GuidanceConfig, *,
+                      cap_B: torch.Tensor | float | None = None, lam_B: torch.Tensor | float | None = None,
+                      x_T: torch.Tensor | None = None, generators: Generators = None, batch_size: int | None = None,
+                      dtype: torch.dtype = torch.float32, device: torch.device | str | None = None,
+                      callback: Callback | None = None, disable: bool | None = None) -> torch.Tensor:
+    """EnergyDPS (Algorithm 1) as ``guidance`` says: DDPM ancestral or DDIM(eta) steps on
+    ``guidance.timesteps``, from ``x_T`` or from noise drawn with ``generators``; returns x_0.
+
+    ``cap_B``: the per-sample cap for the cap rules "target" and "calibrated"
+    (:meth:`GuidanceConfig.resolve_cap`). ``lam_B``: lambda per sample (a scalar or (B,)),
+    replacing the configured per-step scale (e.g. the tilt's lambda with
+    ``step_size="tilted_score"``). With lambda 0 the samples are those of the unguided
+    :func:`~klsc_lib.diffusion.samplers.sample_ddpm` / ``sample_ddim`` bit for bit.
+    ``callback`` gets ``{"x", "i", "t", "denoised", "psi"}``."""
+    speed = guidance.speed
+    if speed.channels_last:
+        to_channels_last(prior.eps)
+    prior, energy = speed.prior(prior), speed.energy(energy)
+    eta = None if guidance.sampler == "ddpm" else guidance.eta
+    variance = guidance.variance if eta is None else "posterior"
     if x_T is None:
         x_T = initial_noise(prior.sample_shape, generators, batch_size, dtype, device)
     batch = x_T.shape[0]
-    lam = _per_sample(lam_B, batch, x_T, "lam_B")
-    cap = None if cap_B is None else _per_sample(cap_B, batch, x_T, "cap_B").reshape(-1)
+    lam = _per_sample(guidance.step_scale(prior.schedule) if lam_B is None else lam_B, batch, x_T, "lam_B")
+    cap = guidance.resolve_cap(cap_B)
+    cap = None if cap is None else _per_sample(cap, batch, x_T, "cap_B").reshape(-1)
     schedule = prior.schedule
 
     log, defer = _FiniteLog(), defer_checks(x_T.device)
 
     def guide(x: torch.Tensor, i: int, t: int, t_prev: int):
-        out = guidance_step(prior, energy, x, t, i, cap_B=cap, cap_mode=cap_mode, kappa=kappa,
-                            grad_through_denoiser=grad_through_denoiser, variance=variance, check=not defer)
+        out = guidance_step(prior, energy, x, t, i, cap_B=cap, cap_mode=guidance.cap_mode, kappa=guidance.kappa,
+                            grad_through_denoiser=guidance.grad_through_denoiser, variance=variance,
+                            check=not defer)
         if defer:
             log.add(i, t, out)
-        zeta_i = zeta * (tilted_score_step_size(schedule, t, t_prev, 1.0 if eta is None else eta)
-                         if step_size == "tilted_score" else 1.0)
+        zeta_i = (tilted_score_step_size(schedule, t, t_prev, 1.0 if eta is None else eta)
+                  if guidance.step_size == "tilted_score" else 1.0)
         return out, (zeta_i * lam) * out.grad, {"psi": out.psi}
 
-    x_0 = reverse_process(prior.eps, x_T, schedule, eta=eta, callback=callback, disable=disable,
-                          generator=generators, timesteps=timesteps, clip_x0=prior.clip_x0, variance=variance,
-                          guide=guide)
+    with speed.math():
+        x_0 = reverse_process(prior.eps, x_T, schedule, eta=eta, callback=callback, disable=disable,
+                              generator=generators, timesteps=guidance.timesteps(schedule), clip_x0=prior.clip_x0,
+                              variance=variance, guide=guide)
     log.raise_first(energy, batch)
     return x_0
 
 
-def sample_energy_dps_ddpm(prior: Prior, energy: Energy | ScoreFn, x_T: torch.Tensor | None = None, *,
-                           timesteps: torch.Tensor | None = None, lam_B: float | torch.Tensor = 1.0,
-                           cap_B: float | torch.Tensor | None = None, cap_mode: str = "clip", kappa: float = 10.0,
-                           grad_through_denoiser: bool = True, step_size: StepSize = "constant", zeta: float = 1.0,
-                           variance: Variance = "auto", generators: Generators = None, batch_size: int | None = None,
-                           dtype: torch.dtype = torch.float32, device: torch.device | str | None = None,
-                           callback: Callback | None = None, disable: bool | None = None) -> torch.Tensor:
-    """EnergyDPS with DDPM ancestral steps (Algorithm 1; all 1000 steps or respaced
-    ``timesteps``), from ``x_T`` or from noise drawn with ``generators``; returns x_0.
-
-    ``lam_B = 0`` draws exactly the samples of :func:`~klsc_lib.diffusion.samplers.sample_ddpm`
-    with the same generators. ``callback`` gets ``{"x", "i", "t", "denoised", "psi"}``."""
-    return _sample_guided(prior, energy, x_T, None, timesteps=timesteps, lam_B=lam_B, cap_B=cap_B, cap_mode=cap_mode,
-                          kappa=kappa, grad_through_denoiser=grad_through_denoiser, step_size=step_size, zeta=zeta,
-                          variance=variance, generators=generators, batch_size=batch_size, dtype=dtype,
-                          device=device, callback=callback, disable=disable)
-
-
-def sample_energy_dps_ddim(prior: Prior, energy: Energy | ScoreFn, x_T: torch.Tensor | None = None, *,
-                           eta: float = 0.0, timesteps: torch.Tensor | None = None,
-                           lam_B: float | torch.Tensor = 1.0, cap_B: float | torch.Tensor | None = None,
-                           cap_mode: str = "clip", kappa: float = 10.0, grad_through_denoiser: bool = True,
-                           step_size: StepSize = "constant", zeta: float = 1.0, generators: Generators = None,
-                           batch_size: int | None = None, dtype: torch.dtype = torch.float32,
-                           device: torch.device | str | None = None, callback: Callback | None = None,
-                           disable: bool | None = None) -> torch.Tensor:
-    """EnergyDPS with DDIM(eta) steps on stride-spaced ``timesteps``; ``lam_B = 0`` is
-    :func:`~klsc_lib.diffusion.samplers.sample_ddim` bit for bit."""
-    return _sample_guided(prior, energy, x_T, eta, timesteps=timesteps, lam_B=lam_B, cap_B=cap_B, cap_mode=cap_mode,
-                          kappa=kappa, grad_through_denoiser=grad_through_denoiser, step_size=step_size, zeta=zeta,
-                          variance="posterior", generators=generators, batch_size=batch_size, dtype=dtype,
-                          device=device, callback=callback, disable=disable)
+def sample_units(prior: Prior, energy_of: Callable[[torch.Tensor], Energy], units_B: torch.Tensor,
+                 guidance: GuidanceConfig, seeds: Sequence[int], cap_B: torch.Tensor | float | None = None, *,
+                 batch_size: int = 64, device: torch.device | str | None = None, callback: Callback | None = None,
+                 disable: bool | None = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x_BCHW, psi_B) on the CPU: one EnergyDPS sample per entry of ``units_B`` (units mixed
+    in batches of ``batch_size``; ``energy_of(ids)`` is psi of one unit per sample), sample
+    b drawn from seed ``seeds[b]`` (:func:`~klsc_lib.diffusion.guidance.sample_seeds`) with
+    the cap ``cap_B[b]`` (a scalar or one value per sample, as the cap rule needs)."""
+    if len(seeds) != len(units_B):
+        raise ValueError(f"need one seed per sample, got {len(seeds)} seeds for {len(units_B)} samples")
+    cap = None if cap_B is None else torch.as_tensor(cap_B, dtype=torch.float32).expand(len(units_B))
+    xs, psis = [], []
+    for s in range(0, len(units_B), batch_size):
+        energy = energy_of(units_B[s:s + batch_size])
+        x_BCHW = sample_energy_dps(prior, energy, guidance, cap_B=None if cap is None else cap[s:s + batch_size],
+                                   generators=list(seeds[s:s + batch_size]), device=device, callback=callback,
+                                   disable=disable)
+        with torch.no_grad():
+            psis.append(energy(x_BCHW).cpu())
+        xs.append(x_BCHW.cpu())
+    return torch.cat(xs), torch.cat(psis)

@@ -29,7 +29,7 @@ from typing import Any, Callable, Literal, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from klsc_lib.diffusion.schedule import DDPMSchedule
+from klsc_lib.interfaces import DDPMSchedule
 
 Callback = Callable[[dict[str, Any]], None]
 Generators = torch.Generator | Sequence[torch.Generator] | Sequence[int] | torch.Tensor | None

@@ -7,11 +7,11 @@
     energy(x_BCHW) -> psi_B
 """
 
-from klsc_lib.energies.base import Energy, as_energy
+from klsc_lib.energies.base import Energy, as_energy, checked_psi
 from klsc_lib.energies.caps import CAP_MODES, capped_objective
 from klsc_lib.energies.features import class_logit, feature_score, neuron_score
 from klsc_lib.energies.reductions import REDUCTIONS, central_window, reduce_map
 from klsc_lib.energies.toy import angular_energy, reference_energy
 
-__all__ = ["Energy", "as_energy", "CAP_MODES", "capped_objective", "class_logit", "feature_score", "neuron_score",
+__all__ = ["Energy", "as_energy", "checked_psi", "CAP_MODES", "capped_objective", "class_logit", "feature_score", "neuron_score",
            "REDUCTIONS", "central_window", "reduce_map", "angular_energy", "reference_energy"]

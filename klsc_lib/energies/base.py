@@ -72,3 +72,16 @@ def as_energy(score: Energy | ScoreFn, name: str | None = None) -> Energy:
     if isinstance(score, Energy):
         return score
     return Energy(score, name or getattr(score, "name", None) or type(score).__name__)
+
+
+def checked_psi(energy: Energy | ScoreFn, x: torch.Tensor, where: str) -> torch.Tensor:
+    """psi_B = ``energy(x)``, checked to be one finite value per sample; a NaN / inf raises
+    :class:`FloatingPointError` naming ``where`` (e.g. "MACO, optimisation step 3") and the samples."""
+    energy = as_energy(energy)
+    psi_B = energy(x)
+    bad = ~torch.isfinite(psi_B)
+    if bad.any():
+        raise FloatingPointError(f"{where}: energy {energy.name!r} returned non-finite psi for samples "
+                                 f"{bad.nonzero().flatten().tolist()}; check the energy on these images (e.g. a "
+                                 "division by a vanishing norm) or lower the learning rate")
+    return psi_B

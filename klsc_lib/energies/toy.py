@@ -4,11 +4,29 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
 from klsc_lib.energies.base import Energy
-from klsc_lib.worlds.gmm import AngularScore
+
+
+@dataclass(frozen=True)
+class AngularScore:
+    """psi(x) = scale * |wrap(atan2(x2, x1) - theta0)|, eq. (195): minimal on the
+    theta0 diagonal, growing with the angular deviation. Range [0, scale * pi]."""
+
+    theta0: float = math.pi / 4
+    scale: float = 3.0
+
+    def __call__(self, x_BD: torch.Tensor) -> torch.Tensor:
+        theta_B = torch.atan2(x_BD[..., 1], x_BD[..., 0])
+        wrapped_B = torch.remainder(theta_B - self.theta0 + math.pi, 2 * math.pi) - math.pi
+        return self.scale * wrapped_B.abs()
+
+    @property
+    def max_value(self) -> float:
+        return self.scale * math.pi
 
 
 def angular_energy(theta0: float = math.pi / 4, scale: float = 3.0) -> Energy:

@@ -15,6 +15,7 @@ from typing import Sequence
 
 from torch.distributed.elastic.multiprocessing.errors import record
 
+from klsc_lib.paper_values import ENERGYDPS
 from klsc_lib.pipeline import distributed as D
 from klsc_lib.pipeline.worlds import WORLDS, WorldSpec
 from klsc_lib.runtime import atomic_write_text
@@ -82,7 +83,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     p.add_argument("--random", type=int, help="this many random features that fire on held-out images")
     p.add_argument("--seed", type=int, help="base seed (default 0; 45 with --paper-config)")
     p.add_argument("--n-per-feature", type=int, default=4)
-    p.add_argument("--steps", type=int, help="DDPM steps (default 100; 1000 with --paper-config)")
+    p.add_argument("--steps", type=int, help="respaced DDPM steps (default 50, GuidanceConfig.fast(); every "
+                   "training step with --paper-config)")
     p.add_argument("--paper-config", action="store_true", help="the release's settings (App J.4)")
     p.add_argument("--top-k", type=int, default=16, help="which features index to read (from the index stage)")
     return parser, stages
@@ -143,15 +145,15 @@ def run(args: argparse.Namespace, ranks: D.Ranks) -> dict:
         from klsc_lib.pipeline.index import run_index
 
         return run_index(args.out, ranks, args.top_k, args.units, args.batch_size, progress)
-    from klsc_lib.pipeline.sample import SampleSettings, run_sample
+    from klsc_lib.diffusion.guidance import GuidanceConfig
+    from klsc_lib.pipeline.sample import run_sample
 
-    settings = SampleSettings.paper() if args.paper_config else SampleSettings.fast()
-    if args.seed is not None:
-        settings = replace(settings, seed=args.seed)
+    guidance = GuidanceConfig.paper() if args.paper_config else GuidanceConfig.fast()
     if args.steps is not None:
-        settings = replace(settings, steps=args.steps)
-    return run_sample(spec, args.out, ranks, settings, args.n_per_feature, args.top_k, args.features, args.random,
-                      progress)
+        guidance = replace(guidance, num_steps=args.steps)
+    seed = args.seed if args.seed is not None else (ENERGYDPS["seed"] if args.paper_config else 0)
+    return run_sample(spec, args.out, ranks, guidance, seed, args.n_per_feature, args.top_k, args.features,
+                      args.random, progress)
 
 
 @record

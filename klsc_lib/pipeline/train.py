@@ -14,16 +14,14 @@ import csv
 import io
 import json
 import shutil
-import time
-from dataclasses import asdict
 from pathlib import Path
 
 from klsc_lib.pipeline import distributed as D
 from klsc_lib.pipeline.cache import cache_root
 from klsc_lib.runtime import atomic_write_text
 from klsc_lib.sae.activation_cache import ActivationCache
-from klsc_lib.sae.artifacts import META, TRAIN_STATE, TranscoderRecipe, save_transcoder
-from klsc_lib.sae.training import History, evaluate_transcoder, fit_transcoder
+from klsc_lib.sae.artifacts import META, TranscoderRecipe, fit_into, transcoder_identity
+from klsc_lib.sae.training import History
 
 RUN = "run.json"
 
@@ -47,10 +45,7 @@ def run_train(out: str | Path, ranks: D.Ranks, recipe: TranscoderRecipe, seed: i
     """Train (or resume, or find finished) the transcoder of ``recipe`` on ``OUT/cache/train``."""
     folder = transcoder_dir(out)
     train = ActivationCache(cache_root(out, "train"))
-    d_in, d_out = train.manifest["in_shape"][0], train.manifest["out_shape"][0]
-    model_cfg, train_cfg = recipe.model_config(d_in, d_out), recipe.train_config()
-    identity = {"activations": train.manifest["config_hash"], "model": asdict(model_cfg), "train": asdict(train_cfg),
-                "batch_size": recipe.batch_size, "seed": seed}
+    identity = transcoder_identity(train, recipe, seed)
     if ranks.is_primary:
         if not resume and folder.exists():
             shutil.rmtree(folder)
@@ -62,17 +57,10 @@ def run_train(out: str | Path, ranks: D.Ranks, recipe: TranscoderRecipe, seed: i
     D.barrier()
     if (folder / META).exists():
         return {"status": "already trained", "folder": str(folder)}
-    t0 = time.perf_counter()
-    model, history = fit_transcoder(train, model_cfg, train_cfg, recipe.batch_size, seed, ranks.device,
-                                    checkpoint=folder / TRAIN_STATE, progress=progress)
-    seconds = time.perf_counter() - t0
+    held_out = ActivationCache(cache_root(out, "test"))
+    history, seconds = fit_into(folder, train, held_out, recipe, seed, ranks.device, progress, ranks.is_primary,
+                                {"world_size": ranks.world_size})
     if ranks.is_primary:
-        held_out = ActivationCache(cache_root(out, "test"))
-        result = evaluate_transcoder(model, ((b.in_BCHW, b.out_BCHW) for b in held_out.iterate(256)), ranks.device)
         atomic_write_text(folder / "history.csv", history_csv(history))
-        save_transcoder(model, folder, {**identity, "held_out_cache": held_out.manifest["config_hash"],
-                                        "history": vars(history), "held_out": asdict(result),
-                                        "train_seconds": seconds, "world_size": ranks.world_size})
-        (folder / TRAIN_STATE).unlink(missing_ok=True)
     D.barrier()
     return {"status": "trained", "folder": str(folder), "seconds": seconds, "final_fvu": history.fvu[-1]}

@@ -14,6 +14,7 @@ import torch
 from torch.utils.data import Dataset
 
 from klsc_lib.interfaces import PAPER_IMAGE_SIZE, HookedBackbone, Prior, World
+from klsc_lib.runtime import world_key
 
 WORLDS = ("miniworld", "paper")
 
@@ -54,9 +55,7 @@ class WorldSpec:
     def key(self) -> dict:
         """What identifies the activations of this world (hashed into cache manifests)."""
         if self.world == "miniworld":
-            from klsc_lib.worlds.miniworld.config import miniworld_hash
-
-            return {"world": "miniworld", "miniworld": miniworld_hash(self.miniworld_config()), "hook": self.hook}
+            return {"world": "miniworld", **world_key(self.miniworld_config()), "hook": self.hook}
         cfg = self.paper_config()
         images = self.file_list or str(cfg.image_root())
         return {"world": "paper", "dinov3": str(cfg.dinov3_path()), "hook": cfg.hook, "image_size": cfg.image_size,

@@ -2,30 +2,24 @@
 
 The transcoder is notebook 03's (same world, same recipe, so it loads from the cache).
 ``paper`` holds the authors' settings: 100 random features, EnergyDPS in
-:func:`~klsc_lib.explain.paper_config` (1000 DDPM steps through the denoiser, scale 1,
-cap 15), MACO 1000 steps (the reference's default), DiffExplainer 50 DDIM steps,
-Table 10's 1k samples per strength. ``smoke`` and ``default`` run the fast
-configuration for the sweeps and ``paper_config`` on a few samples for the cost
-comparison (Table 11). :func:`samples_stores` names the stores a profile's run writes,
-so notebook 05 reads exactly notebook 04's samples.
+``GuidanceConfig.paper()`` (1000 DDPM steps through the denoiser, scale 1, cap 15),
+MACO 1000 steps (the reference's default), DiffExplainer 50 DDIM steps, Table 10's 1k
+samples per strength. ``smoke`` and ``default`` run the fast configuration for the sweeps
+and ``GuidanceConfig.paper()`` on a few samples for the cost comparison (Table 11).
+:func:`samples_stores` names the stores a profile's run writes, so notebook 05 reads
+exactly notebook 04's samples.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from klsc_lib.explain import (
-    EnergyDPSConfig,
-    MacoConfig,
-    ProxyConfig,
-    fast_config,
-    paper_config,
-    store_config,
-)
+from klsc_lib.diffusion.guidance import GuidanceConfig
+from klsc_lib.explain import MacoConfig, ProxyConfig, store_config
 from klsc_lib.profiles.nb03_sae_training import PROFILES as NB03
-from klsc_lib.runtime import config_hash
+from klsc_lib.runtime import world_key
 from klsc_lib.sae.artifacts import TranscoderRecipe
 from klsc_lib.samples_store import SamplesStore
 
@@ -34,7 +28,7 @@ from klsc_lib.samples_store import SamplesStore
 class EnergyDPSProfile:
     world: Any
     recipe: TranscoderRecipe  # notebook 03's main transcoder
-    fast: EnergyDPSConfig
+    fast: GuidanceConfig
     maco: MacoConfig
     proxy: ProxyConfig
     n_features: int = 50  # random features of the Table 3 analogue
@@ -44,10 +38,10 @@ class EnergyDPSProfile:
     top_k: int = 20  # real images per feature that fix its concept
     k_target: int = 4  # top-k images whose mean psi is the target t (Sec 3.2)
     batch_size: int = 64  # samples per batch, features mixed
-    paper: EnergyDPSConfig = field(default_factory=paper_config)
+    paper: GuidanceConfig = field(default_factory=GuidanceConfig.paper)
     n_paper_units: int = 2  # paper_config runs (cost comparison): units x n_per_unit samples
     matched_calib_iters: int = 6  # bisection halvings matching the fast configuration to paper_config's psi
-    # x fast.scale, uncapped (Table 10): scale x steps 0, 100, 300 and 1000 (the paper's), from weak to strong, as the
+    # x fast.strength, uncapped (Table 10): scale x steps 0, 100, 300 and 1000 (the paper's), weak to strong, as the
     # paper's three strengths span activations 6-16 around its cap 15
     strengths: tuple[float, ...] = (0.0, 0.2, 0.6, 2.0)
     n_strength_units: int = 32  # x n_per_unit samples per strength (KID on fewer cannot rank strengths)
@@ -61,15 +55,15 @@ class EnergyDPSProfile:
 
 PROFILES = {
     "smoke": EnergyDPSProfile(
-        world=NB03["smoke"].world, recipe=NB03["smoke"].recipe, fast=fast_config(20, num_train_timesteps=100),
+        world=NB03["smoke"].world, recipe=NB03["smoke"].recipe, fast=GuidanceConfig.fast(20, strength=1.0),
         maco=MacoConfig(max_steps=16), proxy=ProxyConfig(max_steps=6, chain_steps=4),
         n_features=6, n_per_unit=2, n_neurons=4, n_neuron_samples=2, top_k=10, n_paper_units=1,
         n_strength_units=2, shift_levels=(0.5, 1.0, 2.0), drift_weights=(0.0, 4.0), n_real_kid=128),
     "default": EnergyDPSProfile(
-        world=NB03["default"].world, recipe=NB03["default"].recipe, fast=fast_config(50, strength=0.5),
+        world=NB03["default"].world, recipe=NB03["default"].recipe, fast=GuidanceConfig.fast(),
         maco=MacoConfig(max_steps=128), proxy=ProxyConfig(max_steps=20, chain_steps=8)),
     "paper": EnergyDPSProfile(
-        world=NB03["paper"].world, recipe=NB03["paper"].recipe, fast=fast_config(250),
+        world=NB03["paper"].world, recipe=NB03["paper"].recipe, fast=GuidanceConfig.fast(250, strength=1.0),
         maco=MacoConfig(max_steps=1000, check_every=25), proxy=ProxyConfig(max_steps=100, chain_steps=50),
         n_features=100, n_per_unit=4, top_k=20, batch_size=8, n_paper_units=4, n_strength_units=100,
         n_real_kid=1000),
@@ -83,13 +77,13 @@ def samples_stores(profile: str, seed: int = 0, root: str | Path | None = None,
     (Table 7). With ``create=False`` a missing or empty store raises one
     :class:`FileNotFoundError` that says which notebook run makes them."""
     p = PROFILES[profile]
-    world_key = {"world_config": config_hash(asdict(p.world))}
-    configs = {("TopK", "Feature"): store_config("TopK", None, p.k_target, seed, world_key),
-               ("MACO", "Feature"): store_config("MACO", p.maco, p.n_per_unit, seed, world_key),
-               ("DiffExplainer", "Feature"): store_config("DiffExplainer", p.proxy, p.n_per_unit, seed, world_key),
-               ("EnergyDPS", "Feature"): store_config("EnergyDPS", p.fast, p.n_per_unit, seed, world_key),
-               ("EnergyDPS", "Neuron"): store_config("EnergyDPS", replace(p.fast, calibrate=False),
-                                                     p.n_neuron_samples, seed, world_key)}
+    key = world_key(p.world)
+    configs = {("TopK", "Feature"): store_config("TopK", None, p.k_target, seed, key),
+               ("MACO", "Feature"): store_config("MACO", p.maco, p.n_per_unit, seed, key),
+               ("DiffExplainer", "Feature"): store_config("DiffExplainer", p.proxy, p.n_per_unit, seed, key),
+               ("EnergyDPS", "Feature"): store_config("EnergyDPS", p.fast, p.n_per_unit, seed, key),
+               ("EnergyDPS", "Neuron"): store_config("EnergyDPS", replace(p.fast, cap_rule="target"),
+                                                     p.n_neuron_samples, seed, key)}
     try:
         stores = {key: SamplesStore(*key, c, root=root, create=create) for key, c in configs.items()}
         if not create and (empty := [k for k, s in stores.items() if not s.units()]):

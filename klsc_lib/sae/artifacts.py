@@ -122,6 +122,35 @@ def load_transcoder(folder: str | Path) -> tuple[Transcoder, dict[str, Any]]:
     return model.eval(), meta
 
 
+def transcoder_identity(train: ActivationCache, recipe: TranscoderRecipe, seed: int) -> dict[str, Any]:
+    """What determines a transcoder's weights (hashed into its folder name, kept in its JSON):
+    the activations, the model and training configs, the global batch and the seed."""
+    d_in, d_out = train.manifest["in_shape"][0], train.manifest["out_shape"][0]
+    return {"activations": train.manifest["config_hash"], "model": asdict(recipe.model_config(d_in, d_out)),
+            "train": asdict(recipe.train_config()), "batch_size": recipe.batch_size, "seed": seed}
+
+
+def fit_into(folder: Path, train: ActivationCache, held_out: ActivationCache, recipe: TranscoderRecipe, seed: int,
+             device: torch.device | str, progress: bool = True, primary: bool = True,
+             extra_meta: Mapping[str, Any] | None = None) -> tuple[History, float]:
+    """Train the transcoder of ``recipe`` into ``folder`` (resuming from ``train_state.pt``;
+    DDP when a process group is up), then, on the ``primary`` process, evaluate it on the
+    held-out cache and save it (:func:`save_transcoder`). Returns (history, seconds)."""
+    identity = transcoder_identity(train, recipe, seed)
+    t0 = time.perf_counter()
+    model, history = fit_transcoder(train, TranscoderConfig(**identity["model"]), recipe.train_config(),
+                                    recipe.batch_size, seed, device, checkpoint=folder / TRAIN_STATE,
+                                    progress=progress)
+    seconds = time.perf_counter() - t0
+    if primary:
+        result = evaluate_transcoder(model, ((b.in_BCHW, b.out_BCHW) for b in held_out.iterate(256)), device)
+        save_transcoder(model, folder, {**identity, "held_out_cache": held_out.manifest["config_hash"],
+                                        "history": vars(history), "held_out": asdict(result),
+                                        "train_seconds": seconds, **(extra_meta or {})})
+        (folder / TRAIN_STATE).unlink(missing_ok=True)
+    return history, seconds
+
+
 def transcoder_caches(world: World, recipe: TranscoderRecipe, world_key: Mapping[str, Any],
                       backbone: HookedBackbone | None = None, device: torch.device | str = "cpu",
                       progress: bool = True) -> tuple[ActivationCache, ActivationCache]:
@@ -144,22 +173,10 @@ def load_or_fit_transcoder(world: World, recipe: TranscoderRecipe, *, world_key:
     the held-out cache and saved. See the module docstring for the folder layout."""
     backbone = backbone or world.backbone
     train, held_out = transcoder_caches(world, recipe, world_key, backbone, device, progress)
-    d_in, d_out = train.manifest["in_shape"][0], train.manifest["out_shape"][0]
-    model_cfg, train_cfg = recipe.model_config(d_in, d_out), recipe.train_config()
-    identity = {"activations": train.manifest["config_hash"], "model": asdict(model_cfg), "train": asdict(train_cfg),
-                "batch_size": recipe.batch_size, "seed": seed}
-    folder = cache_dir() / "transcoders" / config_hash(identity)
+    folder = cache_dir() / "transcoders" / config_hash(transcoder_identity(train, recipe, seed))
     if not (folder / META).exists():
         folder.mkdir(parents=True, exist_ok=True)
-        t0 = time.perf_counter()
-        model, history = fit_transcoder(train, model_cfg, train_cfg, recipe.batch_size, seed, device,
-                                        checkpoint=folder / TRAIN_STATE, progress=progress)
-        seconds = time.perf_counter() - t0
-        result = evaluate_transcoder(model, ((b.in_BCHW, b.out_BCHW) for b in held_out.iterate(256)), device)
-        save_transcoder(model, folder, {**identity, "held_out_cache": held_out.manifest["config_hash"],
-                                        "history": vars(history), "held_out": asdict(result),
-                                        "train_seconds": seconds})
-        (folder / TRAIN_STATE).unlink(missing_ok=True)
+        fit_into(folder, train, held_out, recipe, seed, device, progress)
     model, meta = load_transcoder(folder)
     return FittedTranscoder(model.to(device), History(**meta["history"]), EvalResult(**meta["held_out"]), folder,
                             train, held_out, meta["train_seconds"], backbone)

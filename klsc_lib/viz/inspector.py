@@ -21,6 +21,7 @@ import html
 import io
 import random
 import threading
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -32,14 +33,14 @@ from matplotlib.ticker import NullFormatter
 
 from klsc_lib.analysis.monosemanticity import dataset_factors
 from klsc_lib.interfaces import World
-from klsc_lib.paper_values import ENERGYDPS
+from klsc_lib.diffusion.guidance import GuidanceConfig, sample_seeds
 from klsc_lib.runtime import cache_dir
 from klsc_lib.samples_store import SamplesStore
 from klsc_lib.sae.artifacts import FittedTranscoder
 from klsc_lib.sae.topk_index import TopKIndex
 from klsc_lib.sae.transcoder import Transcoder
 from klsc_lib.viz.inspector_data import (Concept, FeatureNotes, SampleBatch, feature_concepts, find_stores,
-                                         miniworld_value_names, peak_code, sample_feature, to_png)
+                                         peak_code, sample_feature, to_png)
 from klsc_lib.energies import feature_score
 
 PX = 88  # displayed image side, pixels
@@ -70,13 +71,15 @@ class FeatureInspector:
     :class:`SamplesStore` objects. Display the object (or ``.widget``) in a notebook.
 
     ``notes_path`` defaults to ``notes.json`` in the transcoder's cache folder (for a bare
-    transcoder: ``$KLSC_CACHE/notes/features.json``). Generated samples use respaced DDPM
-    with ``steps`` steps; the strength slider starts at the paper's scale x T / steps, T
-    the prior's training timesteps (App J.4: scale x steps as the paper's 1.0 x 1000). ``n_factor_images`` test items are read for the concepts."""
+    transcoder: ``$KLSC_CACHE/notes/features.json``). Generated samples follow ``guidance``
+    (default :meth:`GuidanceConfig.fast`, notebook 04's), with the strength (x the paper's
+    total guidance, App J.4) and a fixed cap from the sliders. ``n_factor_images`` test
+    items are read for the concepts."""
 
     def __init__(self, world: World, transcoder: FittedTranscoder | Transcoder, index: TopKIndex,
                  stores: str | Path | Iterable[SamplesStore] | None = None, *, k: int = 8, n_samples: int = 4,
-                 steps: int = 50, strip: int = 8, notes_path: str | Path | None = None, initial: int = 0,
+                 guidance: GuidanceConfig = GuidanceConfig.fast(), strip: int = 8,
+                 notes_path: str | Path | None = None, initial: int = 0,
                  seed: int = 0, n_factor_images: int | None = None,
                  value_names: Mapping[str, Sequence[Any]] | None = None, sampler=sample_feature):
         fitted = transcoder if isinstance(transcoder, FittedTranscoder) else None
@@ -84,7 +87,7 @@ class FeatureInspector:
         self.model: Transcoder = fitted.model if fitted else transcoder
         self.backbone = fitted.backbone if fitted else world.backbone
         self.n_features = self.model.cfg.d_sae
-        self.steps, self.n_strip, self.seed, self._sampler = steps, strip, seed, sampler
+        self.guidance, self.n_strip, self.seed, self._sampler = guidance, strip, seed, sampler
         self.notes_path = Path(notes_path) if notes_path else (fitted.folder / "notes.json" if fitted else
                                                               cache_dir() / "notes" / "features.json")
         self.feature: int | None = None
@@ -117,7 +120,7 @@ class FeatureInspector:
         else:
             n = n_factor_images or int(index.ids_UK.max()) + 1
             factors = dataset_factors(world.test, tuple(world.factor_names), n)
-            names = value_names if value_names is not None else miniworld_value_names(world.factor_names)
+            names = value_names if value_names is not None else world.value_names
             self.concepts = feature_concepts(index, factors, k, names)
         self._build()
         self.show(initial)
@@ -143,12 +146,13 @@ class FeatureInspector:
         self.stored_boxes = {m: W.HBox(layout=W.Layout(flex_flow="row wrap")) for m in self.stores}
         self.generated_box = W.HBox(layout=W.Layout(flex_flow="row wrap"))
         self.more_button = W.Button(description="generate more", icon="plus", button_style="primary")
-        self.progress = W.IntProgress(value=0, min=0, max=self.steps, description="sampling",
+        steps = len(self.guidance.timesteps(self.world.prior.schedule))
+        self.progress = W.IntProgress(value=0, min=0, max=steps, description="sampling",
                                       layout=W.Layout(width="260px"))
-        default = ENERGYDPS["guidance_scale"] * self.world.prior.schedule.num_train_timesteps / self.steps
+        default = self.guidance.strength
         slider = dict(continuous_update=False, style={"description_width": "70px"}, layout=W.Layout(width="330px"))
         self.strength = W.FloatLogSlider(value=default, base=10, min=np.log10(default) - 1.5,
-                                         max=np.log10(default) + 1, step=0.05, description="strength λ",
+                                         max=np.log10(default) + 1, step=0.05, description="strength",
                                          readout_format=".3g", **slider)
         self.cap = W.FloatSlider(value=1.0, min=0.0, max=2.0, step=0.01, description="cap c", **slider)
         self.target = W.FloatSlider(value=1.0, min=0.0, max=2.0, step=0.01, description="target ψ", **slider)
@@ -333,17 +337,18 @@ class FeatureInspector:
                     return
             feature, strength, cap = key
             done = self.generated.get(key, [])
-            seeds = [self.seed + 7919 * feature + len(done) * self.n_samples + j for j in range(self.n_samples)]
+            seeds = sample_seeds(self.seed, feature, self.n_samples, start=len(done) * self.n_samples)
             self.progress.value, self.progress.bar_style = 0, "info"
-            self.progress.description = f"λ {strength:.3g}"
+            self.progress.description = f"strength {strength:.3g}"
             self.sample_threads.append(threading.get_ident())
 
             def tick(info: dict) -> None:
                 self.progress.value = min(int(info["i"]) + 1, self.progress.max)
 
             try:
-                batch = self._sampler(self.world.prior, self.backbone, self.model, feature, n=self.n_samples,
-                                      strength=strength, cap=cap, steps=self.steps, seeds=seeds, callback=tick)
+                guidance = replace(self.guidance, strength=strength, cap_rule="fixed", cap=cap)
+                batch = self._sampler(self.world.prior, self.backbone, self.model, feature, guidance, seeds,
+                                      callback=tick)
             except Exception as err:  # noqa: BLE001  (shown in the widget, not raised into a dead thread)
                 self.progress.bar_style = "danger"
                 self._say(f"sampling feature {feature} failed: {type(err).__name__}: {err}")

@@ -4,14 +4,16 @@ cache root, the inspector's own EnergyDPS runs, and images as PNG bytes.
 
 - :func:`feature_concepts`: a feature's concept on a world with known factors = the
   (factor, value) its top-k real images share most (paper Sec 3.1 (i), App L.1), ranked
-  by chance-corrected share, so a 2-valued factor does not win by chance.
+  by chance-corrected share, so a 2-valued factor does not win by chance: the one
+  concept function of notebooks 04 and 05 applied to the index.
 - :class:`FeatureNotes`: a short label per feature in a JSON file (written atomically),
   searchable, exportable as CSV. Notes are the reader's reference concept; they never
   enter rater packets (:mod:`klsc_lib.analysis.raters.packets`).
 - :func:`find_stores`: every :class:`~klsc_lib.samples_store.SamplesStore` of one unit
   kind under a root, grouped by method.
 - :func:`sample_feature`: a batch of EnergyDPS samples (Algorithm 1, App J.4) for one
-  feature at one guidance strength and cap, with their psi and their index score.
+  feature under a :class:`~klsc_lib.diffusion.guidance.GuidanceConfig`, with their psi
+  and their index score.
 """
 
 from __future__ import annotations
@@ -27,8 +29,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from klsc_lib.diffusion.energy_dps import sample_energy_dps_ddpm
-from klsc_lib.diffusion.samplers import spaced_timesteps
+from klsc_lib.analysis.explanation_metrics import unit_concepts
+from klsc_lib.diffusion.energy_dps import sample_units
+from klsc_lib.diffusion.guidance import GuidanceConfig
 from klsc_lib.energies import feature_score
 from klsc_lib.interfaces import HookedBackbone, Prior
 from klsc_lib.paper_values import METHODS
@@ -56,43 +59,30 @@ class Concept:
 
 def feature_concepts(index: TopKIndex, factors: Mapping[str, np.ndarray], top_n: int | None = None,
                      value_names: Mapping[str, Sequence[Any]] | None = None) -> dict[int, Concept]:
-    """The concept of every feature with at least one indexed image: among its top
-    ``top_n`` images (all k when None), the (factor, value) with the highest
-    chance-corrected share (share - 1/K) / (1 - 1/K), K the factor's number of values.
-    ``factors[name][image_id]`` is the image's value; ``value_names`` names values."""
+    """The concept of every feature with at least one indexed image, as notebooks 04 and
+    05 compute it (:func:`~klsc_lib.analysis.explanation_metrics.unit_concepts`): among its
+    top ``top_n`` images (all k when None), the (factor, value) with the highest
+    chance-corrected share. ``factors[name][image_id]`` is the image's value (a factor's
+    number of values is its largest value + 1, at least 2); ``value_names`` names values."""
     value_names = value_names or {}
-    sizes = {name: int(np.max(v)) + 1 for name, v in factors.items()}
-    ids_UK = index.ids_UK[:, :top_n].numpy()
+    sizes = {name: max(int(np.max(v)) + 1, 2) for name, v in factors.items()}
     concepts: dict[int, Concept] = {}
-    for unit, ids in enumerate(ids_UK):
+    for unit, ids in enumerate(index.ids_UK[:, :top_n].numpy()):
         ids = ids[ids >= 0]
         if not len(ids):
             continue
-        best: tuple[float, Concept] | None = None
         for name, values_N in factors.items():
             if ids.max() >= len(values_N):
                 raise ValueError(f"image id {int(ids.max())} of feature {unit} is beyond the {len(values_N)} "
                                  f"factor labels of {name!r}: pass the factors of the indexed images")
-            counts = np.bincount(values_N[ids], minlength=sizes[name])
-            value, count = int(counts.argmax()), int(counts.max())
-            k = max(sizes[name], 2)
-            score = (count / len(ids) - 1 / k) / (1 - 1 / k)
-            if best is None or score > best[0]:
-                names = value_names.get(name)
-                shown = names[value] if names is not None and value < len(names) else value
-                best = (score, Concept(name, value, count, len(ids), f"{name}={shown}"))
-        concepts[unit] = best[1]
+        row = np.repeat(ids, 2) if len(ids) == 1 else ids  # one image: shares as with two copies of it
+        found = unit_concepts(row[None], factors, sizes)
+        name, value = found.factor_U[0], int(found.value_U[0])
+        names = value_names.get(name)
+        shown = names[value] if names is not None and value < len(names) else value
+        count = int((factors[name][ids] == value).sum())
+        concepts[unit] = Concept(name, value, count, len(ids), f"{name}={shown}")
     return concepts
-
-
-def miniworld_value_names(factor_names: Sequence[str]) -> dict[str, list[str]]:
-    """Readable factor values of the mini-world (empty for another world's factors)."""
-    from klsc_lib.worlds.miniworld.data import BACKGROUNDS, COLOURS, FACTOR_NAMES, POSITIONS, SIZES
-
-    if tuple(factor_names) != FACTOR_NAMES:
-        return {}
-    return {"digit": [str(d) for d in range(10)], "colour": list(COLOURS), "size": [f"{s}px" for s in SIZES],
-            "position": list(POSITIONS), "background": list(BACKGROUNDS)}
 
 
 # ---------------------------------------------------------------- notes
@@ -184,21 +174,15 @@ class SampleBatch:
     peak_B: torch.Tensor  # the index's score (peak TopK code), for the histogram
 
 
-def sample_feature(prior: Prior, backbone: HookedBackbone, transcoder: Transcoder, feature: int, *, n: int,
-                   strength: float, cap: float, steps: int, seeds: Sequence[int],
-                   callback: Callable[[dict], None] | None = None) -> SampleBatch:
-    """``n`` EnergyDPS samples of ``feature`` (Algorithm 1 on respaced DDPM, Jacobian-free,
-    per-step scale ``strength``, clip cap ``cap`` on psi), one seed per sample."""
-    if len(seeds) != n:
-        raise ValueError(f"need one seed per sample, got {len(seeds)} seeds for {n} samples")
-    energy = feature_score(backbone, transcoder, feature)
-    device = transcoder.W_enc_FCkk.device
-    x_BCHW = sample_energy_dps_ddpm(prior, energy, timesteps=spaced_timesteps(prior.schedule, steps),
-                                    lam_B=strength, cap_B=cap, grad_through_denoiser=False, generators=list(seeds),
-                                    device=device, callback=callback, disable=True).detach()
-    with torch.no_grad():
-        psi_B = energy(x_BCHW).float().cpu()
-    return SampleBatch(x_BCHW.float().cpu(), psi_B, peak_code(backbone, transcoder, feature, x_BCHW)[0])
+def sample_feature(prior: Prior, backbone: HookedBackbone, transcoder: Transcoder, feature: int,
+                   guidance: GuidanceConfig, seeds: Sequence[int], callback: Callable[[dict], None] | None = None
+                   ) -> SampleBatch:
+    """EnergyDPS samples of ``feature`` (Algorithm 1, App J.4) as ``guidance`` says (the
+    inspector sets its strength and a fixed cap from the sliders), one per seed."""
+    units_B = torch.full((len(seeds),), int(feature))
+    x_BCHW, psi_B = sample_units(prior, lambda ids: feature_score(backbone, transcoder, ids), units_B, guidance,
+                                 seeds, batch_size=len(seeds), device=transcoder.W_enc_FCkk.device, callback=callback)
+    return SampleBatch(x_BCHW.float(), psi_B.float(), peak_code(backbone, transcoder, feature, x_BCHW)[0])
 
 
 # ---------------------------------------------------------------- pictures

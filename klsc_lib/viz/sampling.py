@@ -9,9 +9,9 @@ import numpy as np
 import torch
 
 from klsc_lib.analysis.kde import Grid2D
-from klsc_lib.baselines.gmm_study import METHODS, ExactVsPlugin, mean_sd
+from klsc_lib.studies.nb02_sampling_pathologies import METHODS, ExactVsPlugin, mean_sd
 from klsc_lib.constraints.calibration import Calibrated
-from klsc_lib.worlds.gmm import GaussianMixture
+from klsc_lib.diffusion.gmm_oracle import GaussianMixture
 
 def knob_text(method: str, res: Calibrated) -> str:
     """'k = 18,838' (retrieval), 'beta = 3.2' (OR), 'lambda = 0.41' (EnergyDPS) in mathtext."""
@@ -79,7 +79,7 @@ def fig3(grid: Grid2D, gmm: GaussianMixture, psi, prior_samples: torch.Tensor,
 
 def path_speed_figure(paths: Mapping[str, Mapping[str, torch.Tensor]]):
     """Sliced-W2 between neighbouring levels / level step along t, mean +- SD over replicates,
-    on the fine grid and on the grid of every other level (:func:`~klsc_lib.baselines.gmm_study.smoothness_paths`)."""
+    on the fine grid and on the grid of every other level (:func:`~klsc_lib.studies.nb02_sampling_pathologies.smoothness_paths`)."""
     fig, ax = plt.subplots(1, 1, figsize=(7, 3.6))
     for i, (name, p) in enumerate(paths.items()):
         for key, style in (("fine", "o-"), ("coarse", "s--")):
@@ -174,7 +174,7 @@ def typical_set_figure(log_p_prior: torch.Tensor, log_p: Mapping[float, Mapping[
 def object_drift_figure(grid: Grid2D, gmm: GaussianMixture, runs: Mapping[float, Calibrated],
                         rows: Sequence[Mapping[str, float]], x_ref: Sequence[float], t_level: float):
     """Fig 2 analogue: one small panel of EnergyDPS samples per task weight omega (the reached
-    ``runs`` of :func:`~klsc_lib.baselines.gmm_study.object_drift_study`, labelled from its ``rows``)."""
+    ``runs`` of :func:`~klsc_lib.studies.nb02_sampling_pathologies.object_drift_study`, labelled from its ``rows``)."""
     prior_log_G = gmm.log_prob(grid.points_GD)
     samples = {om: r.samples for om, r in runs.items() if r.reached}
     labels = {r["omega"]: f"$\\omega$ = {r['omega']:.3g}, $s - s_0$ = {r['s_gain']:g}" for r in rows}

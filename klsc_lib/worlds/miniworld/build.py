@@ -37,13 +37,13 @@ from klsc_lib.diffusion.samplers import sample_ddpm, spaced_timesteps
 import klsc_lib.worlds.miniworld.quality as q
 from klsc_lib.analysis.image_metrics import kid, total_variation
 from klsc_lib.worlds.miniworld.config import FORMAT_VERSION, MiniWorldConfig, miniworld_hash
-from klsc_lib.worlds.miniworld.data import FACTOR_NAMES, FACTOR_SIZES, IMAGE_SIZE, MiniWorldDataset
+from klsc_lib.worlds.miniworld.data import FACTOR_NAMES, FACTOR_SIZES, IMAGE_SIZE, VALUE_NAMES, MiniWorldDataset
 from klsc_lib.worlds.miniworld.models import (NUM_DIGITS, build_convnext, build_unet, hooked_backbone, priors,
                                        schedule_of)
 from klsc_lib.worlds.miniworld.training import train_resumable
 from klsc_lib.worlds.miniworld.factor_classifier import FactorClassifier, factor_accuracy, factor_loss, read_factors
-from klsc_lib.runtime import atomic_path, atomic_write_text, cache_dir, resolve_device
-from klsc_lib.interfaces import HookedBackbone, World
+from klsc_lib.runtime import atomic_path, atomic_write_text, cache_dir, resolve_device, world_key
+from klsc_lib.interfaces import FactorReader, HookedBackbone, PromptProxy, World
 from klsc_lib.worlds.miniworld import shipped
 
 
@@ -210,10 +210,16 @@ def _measure_quality(cfg: MiniWorldConfig, world: World, train: MiniWorldDataset
 def _assemble(cfg: MiniWorldConfig, backbone: HookedBackbone, unet: nn.Module, classifier: FactorClassifier,
               train: MiniWorldDataset, test: MiniWorldDataset) -> World:
     prior, cond_prior, factor_prior = priors(unet, cfg.prior, cfg.name)
+    classifier = classifier.eval().requires_grad_(False)
+    reader = FactorReader(lambda x: read_factors(classifier, x),
+                          lambda x: classifier.features(x.to(next(classifier.parameters()).device)).cpu(),
+                          "factor classifier")
+    proxy = PromptProxy(factor_prior.eps, lambda b: factor_prior.embed({}, b))  # all factors "not given"
     return World(name=cfg.name, backbone=backbone.eval().requires_grad_(False), prior=prior,
                  cond_prior=cond_prior, train=train, test=test, factor_names=FACTOR_NAMES,
                  num_classes=NUM_DIGITS, factor_prior=factor_prior,
-                 factor_classifier=classifier.eval().requires_grad_(False))
+                 factor_classifier=classifier, key=world_key(cfg), factor_reader=reader, prompt_proxy=proxy,
+                 value_names=VALUE_NAMES)
 
 
 def _networks(cfg: MiniWorldConfig, device: torch.device) -> tuple[HookedBackbone, nn.Module, FactorClassifier]:

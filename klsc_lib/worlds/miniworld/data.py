@@ -38,6 +38,8 @@ POSITIONS = ("top-left", "top-right", "bottom-left", "bottom-right")
 BACKGROUNDS = {"brick": 64, "grass": 48, "gravel": 32, "moon": 48}
 FACTOR_SIZES = {"digit": 10, "colour": len(COLOURS), "size": len(SIZES), "position": len(POSITIONS),
                 "background": len(BACKGROUNDS)}
+VALUE_NAMES = {"digit": [str(d) for d in range(10)], "colour": list(COLOURS), "size": [f"{s}px" for s in SIZES],
+               "position": list(POSITIONS), "background": list(BACKGROUNDS)}  # readable factor values
 BACKGROUND_LEVEL, BACKGROUND_CONTRAST = -0.5, 0.22  # backgrounds are dim grey, glyphs bright and coloured
 TEST_GLYPH_EVERY = 5  # glyphs whose index is a multiple of 5 are test writers
 

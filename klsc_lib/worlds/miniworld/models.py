@@ -8,8 +8,7 @@ from torch import nn
 from diffusers import UNet2DModel
 from timm.models.convnext import ConvNeXt
 
-from klsc_lib.diffusion.schedule import DDPMSchedule
-from klsc_lib.interfaces import HookedBackbone, Prior
+from klsc_lib.interfaces import DDPMSchedule, HookedBackbone, Prior
 from klsc_lib.worlds.miniworld.config import BackboneConfig, PriorConfig
 from klsc_lib.worlds.miniworld.data import FACTOR_SIZES, IMAGE_SIZE
 from klsc_lib.interfaces import ConditionalPrior, FactorConditionalPrior, ImageNetPreprocess

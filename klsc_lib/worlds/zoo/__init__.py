@@ -6,7 +6,7 @@
   UNet (DPS ``imagenet256.pt``) converted into a diffusers ``UNet2DModel``, as a Prior.
 - :mod:`~klsc_lib.worlds.zoo.diffusers_prior`: any diffusers DDPM folder as a Prior (App L.2.2).
 - :mod:`~klsc_lib.worlds.zoo.paper_world`: :class:`PaperWorldConfig` and :func:`load_paper_world`.
-- :mod:`~klsc_lib.worlds.zoo.errors`: :class:`WeightsFileError`, the one error for a missing,
+- :mod:`~klsc_lib.weights`: :class:`WeightsFileError`, the one error for a missing,
   corrupt or wrongly keyed weights file.
 """
 
@@ -14,7 +14,7 @@ from klsc_lib.worlds.zoo.diffusers_prior import diffusers_prior, load_diffusers_
 from klsc_lib.interfaces import ImageNetPreprocess
 from klsc_lib.worlds.zoo.dinov3 import (CONVNEXT_LARGE, PAPER_HOOK, ConvNeXtArch, dinov3_backbone,
                                  load_dinov3_convnext)
-from klsc_lib.worlds.zoo.errors import WeightsFileError
+from klsc_lib.weights import WeightsFileError
 from klsc_lib.worlds.zoo.guided_diffusion import (IMAGENET256_UNCOND, GuidedUNetConfig, LearnedSigmaEps, guided_diffusion_prior,
                                            load_guided_unet)
 from klsc_lib.worlds.zoo.paper_world import PaperWorldConfig, load_paper_world

@@ -19,10 +19,9 @@ from pathlib import Path
 import torch
 from diffusers import UNet2DModel
 
-from klsc_lib.diffusion.schedule import DDPMSchedule
-from klsc_lib.interfaces import Prior
+from klsc_lib.interfaces import DDPMSchedule, Prior
 from klsc_lib.runtime import resolve_device
-from klsc_lib.worlds.zoo.errors import WeightsFileError, WeightsSource, check_key_set, read_state_dict
+from klsc_lib.weights import WeightsFileError, WeightsSource, check_key_set, read_state_dict
 from klsc_lib.worlds.zoo.guided_diffusion import LearnedSigmaEps
 
 DIFFUSERS_PRIOR_SOURCE = WeightsSource(

@@ -34,7 +34,7 @@ from torch import nn
 
 from klsc_lib.interfaces import PAPER_IMAGE_SIZE, HookedBackbone, ImageNetPreprocess
 from klsc_lib.runtime import resolve_device
-from klsc_lib.worlds.zoo.errors import WeightsFileError, WeightsSource, check_key_set, read_state_dict
+from klsc_lib.weights import WeightsFileError, WeightsSource, check_key_set, read_state_dict
 
 DINOV3_FILENAME = "dinov3_convnext_large_pretrain_lvd1689m-61fa432d.pth"
 DINOV3_SOURCE = WeightsSource(

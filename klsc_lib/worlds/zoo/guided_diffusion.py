@@ -30,10 +30,9 @@ import torch
 from diffusers import UNet2DModel
 from torch import nn
 
-from klsc_lib.diffusion.schedule import DDPMSchedule
-from klsc_lib.interfaces import Prior
+from klsc_lib.interfaces import DDPMSchedule, Prior
 from klsc_lib.runtime import resolve_device
-from klsc_lib.worlds.zoo.errors import WeightsSource, check_key_set, read_state_dict
+from klsc_lib.weights import WeightsSource, check_key_set, read_state_dict
 
 GUIDED_DIFFUSION_FILENAME = "256x256_diffusion_uncond.pt"
 GUIDED_DIFFUSION_SOURCE = WeightsSource(
@@ -195,7 +194,7 @@ def convert_guided_state_dict(state: dict[str, torch.Tensor], cfg: GuidedUNetCon
 def load_guided_unet(path: str | Path, cfg: GuidedUNetConfig = IMAGENET256_UNCOND, device: str | torch.device = "cpu",
                      dtype: torch.dtype = torch.float32) -> UNet2DModel:
     """The guided-diffusion checkpoint at ``path`` as a ``UNet2DModel`` (eval mode,
-    frozen). Raises :class:`~klsc_lib.worlds.zoo.errors.WeightsFileError` for a missing,
+    frozen). Raises :class:`~klsc_lib.weights.WeightsFileError` for a missing,
     unreadable or wrongly keyed file."""
     state = read_state_dict(path, GUIDED_DIFFUSION_SOURCE)
     converted = convert_guided_state_dict(state, cfg, path)

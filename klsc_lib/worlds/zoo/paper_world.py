@@ -5,7 +5,7 @@ diffusers DDPM folder for the App L.2.2 ablation) and, optionally, ImageNet imag
 
 Every path is resolved as: environment variable if set, else the config field, else
 ``cache_dir()/weights/<published file name>``. Nothing is downloaded; a missing file
-raises :class:`~klsc_lib.worlds.zoo.errors.WeightsFileError` saying where to put it.
+raises :class:`~klsc_lib.weights.WeightsFileError` saying where to put it.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Literal
 import torch
 from torch.utils.data import Dataset
 
-from klsc_lib.runtime import cache_dir, resolve_device
+from klsc_lib.runtime import cache_dir, resolve_device, world_key
 from klsc_lib.worlds.zoo.diffusers_prior import DIFFUSERS_PRIOR_SOURCE, diffusers_prior
 from klsc_lib.worlds.zoo.dinov3 import DINOV3_FILENAME, DINOV3_SOURCE, PAPER_HOOK, PAPER_IMAGE_SIZE, dinov3_backbone
 from klsc_lib.worlds.zoo.guided_diffusion import GUIDED_DIFFUSION_FILENAME, GUIDED_DIFFUSION_SOURCE, guided_diffusion_prior
@@ -128,4 +128,4 @@ def load_paper_world(cfg: PaperWorldConfig, device: str | torch.device = "auto")
     return World(name=cfg.name, backbone=backbone, prior=prior, cond_prior=None, train=train, test=test,
                  factor_names=("label",),
                  num_classes=0,  # DINOv3 is self-supervised: no classifier head (timm num_classes=0)
-                 quality=quality)
+                 quality=quality, key=world_key(cfg))

@@ -41,14 +41,14 @@ from klsc_lib.constraints.divergences import kl_weights
 from klsc_lib.constraints.hard_vs_tilt import (effective_sample_size, kl_tilt, resample, task_distortion_lower_bound,
                                                tilt)
 from klsc_lib.constraints.score_variable import EmpiricalScore
-from klsc_lib.diffusion.energy_dps import guidance_step, sample_energy_dps_ddpm
+from klsc_lib.diffusion.energy_dps import guidance_step, sample_energy_dps
 from klsc_lib.diffusion.exact_guidance import ExactTiltGuidance
-from klsc_lib.diffusion.gmm_oracle import GMMOracle
+from klsc_lib.diffusion.gmm_oracle import GMMOracle, GaussianMixture
+from klsc_lib.diffusion.guidance import GuidanceConfig
 from klsc_lib.diffusion.samplers import sample_ddpm, spaced_timesteps
 from klsc_lib.energies import reference_energy
 from klsc_lib.energies.base import Energy
 from klsc_lib.interfaces import Prior
-from klsc_lib.worlds.gmm import GaussianMixture
 
 ENERGY_DPS_STEPS = {"EnergyDPS": "tilted_score", "EnergyDPS (constant step)": "constant"}
 METHODS = ("retrieval", "OR", *ENERGY_DPS_STEPS)
@@ -87,9 +87,9 @@ class ToySamplers:
         """Algorithm 1 with the oracle score, x_T and all step noise from one seeded generator."""
         g = self._gen(offset)
         x_T = torch.randn(self.n if n is None else n, 2, generator=g, dtype=torch.float64)
-        steps = spaced_timesteps(self.prior.schedule, num_steps or self.num_steps)
-        return sample_energy_dps_ddpm(self.prior, self.psi if energy is None else energy, x_T, lam_B=lam,
-                                      generators=g, timesteps=steps, step_size=step_size, disable=True)
+        guidance = GuidanceConfig(num_steps=num_steps or self.num_steps, step_size=step_size, cap_rule="none")
+        return sample_energy_dps(self.prior, self.psi if energy is None else energy, guidance, lam_B=lam, x_T=x_T,
+                                 generators=g, disable=True)
 
     def optimize(self, beta: float) -> torch.Tensor:
         """OR (eq. 18) by proximal gradient ascent of psi - beta x_(2)^2 from n box starts."""

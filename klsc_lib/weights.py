@@ -2,8 +2,8 @@
 or holds the wrong tensors (issue 4; App J.1, J.4, §15).
 
 The DPS reference code falls back to random weights when a checkpoint does not load;
-we never do: every loader in :mod:`klsc_lib.worlds.zoo` either loads every tensor of the
-architecture or raises :class:`WeightsFileError`, whose message names the file, where
+we never do: every loader of :mod:`klsc_lib.worlds.zoo` (and of the proxy baseline's
+UNet) either loads every tensor of the architecture or raises :class:`WeightsFileError`, whose message names the file, where
 it was expected (and the environment variable that moves it) and where the file is
 published.
 """
