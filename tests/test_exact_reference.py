@@ -15,8 +15,8 @@ from scipy import optimize, stats
 
 from klsc_lib.constraints.calibration import UnreachableTarget, calibrate_lambda
 from klsc_lib.constraints.divergences import kl_weights
-from klsc_lib.constraints.exact_reference import (exact_reference, solve_tilt, solve_truncation, tilt_at,
-                                                  weighted_histogram)
+from klsc_lib.constraints.exact_reference import (exact_reference, pool_references, solve_tilt, solve_truncation,
+                                                  tilt_at, weighted_histogram)
 from klsc_lib.constraints.score_variable import EmpiricalScore
 from klsc_lib.worlds.gmm import AngularScore, four_mode_gmm
 
@@ -206,3 +206,14 @@ def test_bad_input_raises_with_a_way_out():
         tilt_at(psi, -1.0)
     with pytest.raises(ValueError, match=r"ids in \[0, 2\)"):
         weighted_histogram(torch.tensor([0, 2]), torch.ones(2), 2)
+
+
+def test_pool_references_solve_each_unit_and_name_the_unreachable_one():
+    psi_NU = torch.stack([normal_pool(5000), normal_pool(5000, seed=1) * 2], dim=1)
+    refs = pool_references(psi_NU, torch.tensor([MU + 1.0, 2 * MU + 1.0]))
+    assert [r.tilt.mean_psi for r in refs] == pytest.approx([MU + 1.0, 2 * MU + 1.0])
+    assert torch.equal(refs[1].psi_N, psi_NU[:, 1])
+    with pytest.raises(UnreachableTarget, match="unit at position 1: .*larger pool"):
+        pool_references(psi_NU, torch.tensor([MU, 1e6]))
+    with pytest.raises(ValueError, match="one target per unit"):
+        pool_references(psi_NU, torch.tensor([MU]))

@@ -10,7 +10,8 @@ Given scores psi_N of N draws x_i ~ p and a target t:
 - :func:`solve_truncation`: p_tau = p(. | psi >= tau) with E[psi | psi >= tau] = t
   (Def. 2.1, Lemma D.1, eq. 199); KL(p_tau || p) = -log S(tau) (eq. 46).
 - :func:`tilt_at`: the tilt with a given lambda, e.g. q*'s lambda applied to samples of
-  a learned prior; :func:`exact_reference` both laws at one level.
+  a learned prior; :func:`exact_reference` both laws at one level, :func:`pool_references`
+  for each of U units of one pool.
 
 Run on draws from the world's own generator these are the exact target laws up to
 Monte Carlo error (the ESS says how much); run on samples of a learned prior they
@@ -156,3 +157,19 @@ def weighted_histogram(values_N: torch.Tensor, w_N: torch.Tensor, size: int) -> 
         raise ValueError(f"values must be integer ids in [0, {size})")
     return torch.bincount(values_N.long().cpu(), weights=w_N.to(torch.float64).cpu(), minlength=size)
 
+
+
+def pool_references(psi_NU: torch.Tensor, target_U: torch.Tensor) -> list[ExactReference]:
+    """:func:`exact_reference` of each of U units on one pool: column u of ``psi_NU`` at level
+    ``target_U[u]``. An unreachable level names the unit."""
+    psi_NU, target_U = torch.as_tensor(psi_NU), torch.as_tensor(target_U).reshape(-1)
+    if psi_NU.ndim != 2 or psi_NU.shape[1] != len(target_U):
+        raise ValueError(f"need psi_NU (N, U) and one target per unit, got {tuple(psi_NU.shape)} and "
+                         f"{len(target_U)} targets")
+    refs = []
+    for u, t in enumerate(target_U.tolist()):
+        try:
+            refs.append(exact_reference(psi_NU[:, u], t))
+        except ValueError as err:
+            raise type(err)(f"unit at position {u}: {err}") from err
+    return refs
