@@ -15,8 +15,8 @@ from scipy import optimize, stats
 
 from klsc_lib.constraints.calibration import UnreachableTarget, calibrate_lambda
 from klsc_lib.constraints.divergences import kl_weights
-from klsc_lib.constraints.exact_reference import (exact_reference, pool_references, solve_tilt, solve_truncation,
-                                                  tilt_at, weighted_histogram)
+from klsc_lib.constraints.exact_reference import (exact_reference, pool_references, prior_sample_tilts, solve_tilt,
+                                                  solve_truncation, tilt_at, weighted_histogram)
 from klsc_lib.constraints.score_variable import EmpiricalScore
 from klsc_lib.worlds.gmm import AngularScore, four_mode_gmm
 
@@ -168,12 +168,18 @@ def test_large_lambda_and_large_scores_stay_finite():
     assert shifted.knob == pytest.approx(q.knob, rel=1e-6)
 
 
-def test_tilt_at_a_given_lambda_reweights_another_pool():
-    """q*'s lambda applied to samples of another prior (the sampler-vs-prior split)."""
-    q = solve_tilt(normal_pool(100_000), MU + S)
-    other = tilt_at(normal_pool(100_000, seed=9) + 0.3, q.knob)  # a prior off by 0.3
-    assert other.mean_psi == pytest.approx(MU + S + 0.3, abs=5 * mean_se(other, normal_pool(100_000, seed=9) + 0.3,
-                                                                         MU + S + 0.3))
+def test_prior_samples_are_reweighted_at_the_same_level_and_the_same_lambda():
+    """A learned prior N(mu + 0.3, s^2): its own tilt at t has lambda (t - mu - 0.3) / s^2;
+    q*'s lambda moves it to mean t + 0.3 (the Gaussian tilt shifts every mean by lambda s^2)."""
+    t = MU + S
+    ref = exact_reference(normal_pool(100_000), t)
+    psi_prior = normal_pool(100_000, seed=9) + 0.3
+    at_t, at_lambda = prior_sample_tilts(psi_prior, ref)
+    assert at_t.mean_psi == pytest.approx(t) and at_lambda.knob == ref.tilt.knob
+    assert at_t.knob == pytest.approx((t - MU - 0.3) / S**2, abs=lambda_tol(at_t, psi_prior, t))
+    assert at_lambda.mean_psi == pytest.approx(t + 0.3, abs=5 * mean_se(at_lambda, psi_prior, t + 0.3))
+    with pytest.raises(UnreachableTarget):
+        prior_sample_tilts(psi_prior[:10], exact_reference(normal_pool(100_000), float(psi_prior[:10].max())))
 
 
 def test_histograms_and_resampling_follow_the_weights():

@@ -9,9 +9,9 @@ Given scores psi_N of N draws x_i ~ p and a target t:
   bracket grown until it holds the root. KL(q* || p) = lambda t - A(lambda) (eq. 58).
 - :func:`solve_truncation`: p_tau = p(. | psi >= tau) with E[psi | psi >= tau] = t
   (Def. 2.1, Lemma D.1, eq. 199); KL(p_tau || p) = -log S(tau) (eq. 46).
-- :func:`tilt_at`: the tilt with a given lambda, e.g. q*'s lambda applied to samples of
-  a learned prior; :func:`exact_reference` both laws at one level, :func:`pool_references`
-  for each of U units of one pool.
+- :func:`tilt_at`: the tilt with a given lambda; :func:`exact_reference` both laws at one
+  level, :func:`pool_references` for each of U units of one pool;
+  :func:`prior_sample_tilts`: samples of a learned prior reweighted like the reference.
 
 Run on draws from the world's own generator these are the exact target laws up to
 Monte Carlo error (the ESS says how much); run on samples of a learned prior they
@@ -145,6 +145,15 @@ def exact_reference(psi_N: torch.Tensor, t: float) -> ExactReference:
     Theorem D.14: at a matched mean, KL(q* || p) <= KL(p_tau || p)."""
     psi_N = checked_scores(psi_N)
     return ExactReference(psi_N, float(t), solve_tilt(psi_N, t), solve_truncation(psi_N, t))
+
+
+
+def prior_sample_tilts(psi_M: torch.Tensor, ref: ExactReference) -> tuple[Reweighting, Reweighting]:
+    """Samples of a learned prior p_theta reweighted like the reference: (its own exact
+    tilt at the same level t, q*'s lambda applied to it). A sampler of the tilt of p_theta
+    is judged against the first (sampler error alone); the first against q* is the
+    prior's error. Raises :class:`UnreachableTarget` when t is above every sample's psi."""
+    return solve_tilt(psi_M, ref.t), tilt_at(psi_M, ref.tilt.knob)
 
 
 def weighted_histogram(values_N: torch.Tensor, w_N: torch.Tensor, size: int) -> torch.Tensor:
