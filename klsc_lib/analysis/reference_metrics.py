@@ -27,6 +27,7 @@ import torch
 
 from klsc_lib.analysis.explanation_metrics import Concepts, unit_concepts
 from klsc_lib.analysis.image_metrics import kid, total_variation
+from klsc_lib.constraints.exact_reference import weighted_histogram
 
 Interval = tuple[float, float, float]  # (mean, low, high)
 
@@ -37,13 +38,13 @@ def factor_histograms(values: Mapping[str, torch.Tensor], sizes: Mapping[str, in
     (e.g. q*'s weights over a pool) or uniform over the samples."""
     out = {}
     for name, v_N in values.items():
-        v_N = torch.as_tensor(v_N).long().cpu()
-        if v_N.ndim != 1 or v_N.numel() == 0 or v_N.min() < 0 or v_N.max() >= sizes[name]:
-            raise ValueError(f"factor {name!r}: need a non-empty 1-D tensor of ids in [0, {sizes[name]})")
-        w = torch.ones(len(v_N), dtype=torch.float64) if w_N is None else w_N.to(torch.float64).cpu()
-        if w.shape != v_N.shape or (w < 0).any() or not w.sum() > 0:
-            raise ValueError("weights must be non-negative, one per value, with a positive total")
-        h = torch.bincount(v_N, weights=w, minlength=sizes[name])
+        v_N = torch.as_tensor(v_N)
+        w = torch.ones(len(v_N), dtype=torch.float64) if w_N is None else w_N.to(torch.float64)
+        if (w < 0).any():
+            raise ValueError("weights must be non-negative")
+        h = weighted_histogram(v_N, w, sizes[name])
+        if not h.sum() > 0:
+            raise ValueError(f"factor {name!r}: the histogram has no positive mass (no samples or zero weights)")
         out[name] = h / h.sum()
     return out
 
