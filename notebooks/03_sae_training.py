@@ -63,6 +63,8 @@ from klsc_lib.worlds import load_world
 cfg = get_profile("03_sae_training", profile)
 dev = resolve_device(device)
 seed_everything(seed)
+if cfg.threads:
+    torch.set_num_threads(cfg.threads)
 report = Report("03_sae_training", out_dir, profile, seed, dev)
 world = load_world(cfg.world, dev)
 record_world(report, world, quality_claims=True)
