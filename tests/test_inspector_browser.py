@@ -106,7 +106,7 @@ def _default_case() -> tuple[int, int, Path]:
     except FileNotFoundError as err:
         pytest.skip(f"the default screenshot needs notebook 04's samples: {err}")
     ids = torch.tensor(sorted(store.units()))
-    units = Units("Feature", fitted.backbone, fitted.model, image_size=world.image_size)
+    units = Units("Feature", world.backbone, fitted.model, image_size=world.image_size)  # as feature_units
     concepts = true_concepts(units, ids, world, get_profile("04_energydps", "default").top_k)
     images, _ = stored_samples(store, ids)
     acc = concept_accuracy(world_reader(world)[0], images, concepts)
