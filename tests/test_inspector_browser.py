@@ -101,10 +101,10 @@ def _default_case() -> tuple[int, int, Path]:
     from _smoke_transcoder import profile_transcoder
 
     cfg, world, fitted, _ = profile_transcoder("default")
-    try:
-        store = samples_stores("default", create=False)[("EnergyDPS", "Feature")]
-    except FileNotFoundError as err:
-        pytest.skip(f"the default screenshot needs notebook 04's samples: {err}")
+    store = samples_stores("default")[("EnergyDPS", "Feature")]  # only the features' EnergyDPS samples are needed
+    if not store.units():
+        pytest.skip("the default screenshot needs notebook 04's EnergyDPS samples: run notebook 04 on profile default "
+                    "with the same $KLSC_CACHE first")
     ids = torch.tensor(sorted(store.units()))
     units = Units("Feature", world.backbone, fitted.model, image_size=world.image_size)  # as feature_units
     concepts = true_concepts(units, ids, world, get_profile("04_energydps", "default").top_k)
@@ -153,10 +153,13 @@ def test_inspector_in_jupyterlab(chromium, request, tmp_path):
     if PROFILE == "default":
         feature, k, store_root = _default_case()
         steps, slow = DEFAULT_STEPS, 4  # a 1.74 M-parameter prior on the CPU: allow more time
+        presses, height = 20, 2600  # strength / 10 (Jacobian-free guidance at full strength leaves colour noise);
+        # a viewport tall enough for the whole inspector, so the element screenshot is not overdrawn
     else:
         smoke_world = request.getfixturevalue("smoke_world")
         feature, k = request.getfixturevalue("smoke_feature")
         store_root, steps, slow = tmp_path / "samples", STEPS, 1
+        presses, height = 6, 1100
         _stored_samples(smoke_world, feature, store_root)
     (work / "inspector.ipynb").write_text(json.dumps(_notebook(k, store_root, tmp_path / "notes.json", PROFILE,
                                                                steps)))
@@ -176,7 +179,7 @@ def test_inspector_in_jupyterlab(chromium, request, tmp_path):
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=chromium, args=["--no-sandbox"], headless=True)
             try:
-                page = browser.new_page(viewport={"width": 1500, "height": 1100})
+                page = browser.new_page(viewport={"width": 1500, "height": height})
                 page.goto(f"http://127.0.0.1:{port}/lab/tree/inspector.ipynb?token={token}")
                 page.locator(".jp-Notebook .jp-Cell .cm-content").first.click(timeout=30_000)
                 expect(page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']")).to_have_count(1,
@@ -195,7 +198,7 @@ def test_inspector_in_jupyterlab(chromium, request, tmp_path):
                 # move the strength slider: new EnergyDPS samples appear (sampled in the kernel's background thread)
                 handle = page.locator(".klsc-strength .noUi-handle")
                 handle.focus()
-                for _ in range(6):
+                for _ in range(presses):
                     handle.press("ArrowLeft")
                 expect(page.locator(".klsc-generated img")).to_have_count(N_SAMPLES, timeout=40_000 * slow)
                 expect(page.locator(".klsc-strip img").first).to_be_visible()
