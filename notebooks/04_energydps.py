@@ -149,7 +149,7 @@ plt.show()
 # features (0.68<!--= 04:fig4.feature 4.EnergyDPS --> of 0.69<!--= 04:fig4.feature 4.t --> and
 # 2.05<!--= 04:fig4.feature 77.EnergyDPS --> of 2.18<!--= 04:fig4.feature 77.t -->). For the size feature (4, concept
 # size = 8px, the small digits), three of its four samples draw a small 9 at the left edge, as the top images do;
-# the second is a larger yellow 9. For the position feature (77) one sample is a large yellow glyph, two are glyphs
+# the second is a larger yellow 9. For the position feature (77, concept position = top-left) one sample is a large yellow glyph, two are glyphs
 # strewn with specks of colour noise and one is colour noise alone: guidance still finds adversarial patterns on
 # spatial features. DiffExplainer-style samples are clean digits that fall short of t
 # (0.40<!--= 04:fig4.feature 4.DiffExplainer --> of 0.69 and 0.90<!--= 04:fig4.feature 77.DiffExplainer --> of 2.18); MACO
