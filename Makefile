@@ -37,9 +37,11 @@ test: $(STAMP)
 	OMP_NUM_THREADS=1 $(PYTHON) -m pytest; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
-# Refresh the README's inspector screenshot (JupyterLab in headless Chromium, smoke world).
+# Refresh the README's inspector screenshot (JupyterLab in headless Chromium) on the default world:
+# notebook 03's default transcoder and notebook 04's stored samples, from $KLSC_CACHE (run make figures first).
 screenshot: $(STAMP)
-	KLSC_INSPECTOR_SCREENSHOT=$(CURDIR)/figures/inspector/inspector.png $(PYTHON) -m pytest -q tests/test_inspector_browser.py
+	KLSC_INSPECTOR_PROFILE=default KLSC_INSPECTOR_SCREENSHOT=$(CURDIR)/figures/inspector/inspector.png \
+	$(PYTHON) -m pytest -q tests/test_inspector_browser.py
 
 bench: $(STAMP)
 	$(PYTHON) -m benchmarks

@@ -31,8 +31,10 @@ _VERSIONED = ("torch", "torchvision", "numpy", "scipy", "matplotlib", "timm", "d
 
 #: What a claim tests: ``paper`` an empirical statement of the paper on our data;
 #: ``identity`` a theorem that holds for any input (a check of the code, with a tolerance
-#: that fits the precision reached); ``ours`` a quality target of this reproduction.
-CLAIM_KINDS = ("paper", "identity", "ours")
+#: that fits the precision reached); ``ours`` a quality target of this reproduction;
+#: ``simulated`` a result of a study whose raters are simulated (a statement of the paper
+#: re-enacted on our samples by random draws: it checks the pipeline, it is no evidence about the paper).
+CLAIM_KINDS = ("paper", "identity", "ours", "simulated")
 
 
 @dataclass(frozen=True)
@@ -143,6 +145,8 @@ _KIND_TITLES = {
     "paper": "Statements of the paper, tested on our data",
     "identity": "Identities (theorems that hold for any input: checks of the code, tolerance = precision reached)",
     "ours": "Quality targets of this reproduction",
+    "simulated": "Simulated rater study (random raters scoring our samples from the factor classifier's reading: "
+                 "a test of the analysis, not evidence about the paper)",
 }
 _MAX_ITEMS = 4  # list / dict entries shown per cell
 _MAX_CELL = 120  # characters per cell
@@ -175,9 +179,14 @@ def write_claims_table(figures_root: str | Path) -> Path:
     notebook; the paper's value and our threshold in separate columns."""
     root = Path(figures_root)
     by_kind: dict[str, list[tuple[bool, str, dict[str, Any]]]] = {k: [] for k in CLAIM_KINDS}
+    seen: dict[str, Path] = {}
     for metrics_path in sorted(root.glob("*/metrics.json")):
         data = json.loads(metrics_path.read_text())
         for c in data.get("claims", []):
+            if c["id"] in seen:
+                raise ValueError(f"claim id {c['id']!r} is used by {seen[c['id']]} and {metrics_path}: "
+                                 "ids name one claim across the ledger")
+            seen[c["id"]] = metrics_path
             kind = c.get("kind")
             if kind not in by_kind:
                 raise ValueError(f"{metrics_path}: claim {c['id']!r} has kind {kind!r}, not one of {CLAIM_KINDS}; "

@@ -63,6 +63,8 @@ from klsc_lib.worlds import load_world
 cfg = get_profile("03_sae_training", profile)
 dev = resolve_device(device)
 seed_everything(seed)
+if cfg.threads:
+    torch.set_num_threads(cfg.threads)
 report = Report("03_sae_training", out_dir, profile, seed, dev)
 world = load_world(cfg.world, dev)
 record_world(report, world, quality_claims=True)
@@ -70,10 +72,14 @@ print(world.name, "hook:", world.backbone.block_name, "| factors:", world.factor
 
 # %% [markdown]
 # **What we see.** The world cell also records the mini-world's four quality targets as claims of
-# kind `ours`. On `default`, all four are met: the prior's KID against held-out images (0.009 +- 0.016
-# on 1000 samples; train vs held-out 0.019), its digit-conditional samples (100 % show the asked
-# digit), the backbone's mean max-probability on prior samples (0.953 +- 0.004 against 0.95; real
-# images 0.983) and every factor's marginal (largest TV 0.098 +- 0.018, background, against 0.1).
+# kind `ours`. On `default`, all four are met: the prior's KID against held-out images
+# (0.009<!--= 03:world/kid_prior_vs_test --> +- 0.016<!--= 03:world/kid_prior_vs_test_std --> on 1000 samples; train vs
+# held-out 0.019<!--= 03:world/kid_train_vs_test_reference -->), its digit-conditional samples
+# (100<!--= 03:world/cond_prior_digit_accuracy * 100 --> % show the asked digit), the backbone's mean max-probability on
+# prior samples (0.953<!--= 03:world/prior_mean_max_prob --> +- 0.004<!--= 03:world/prior_mean_max_prob_se --> against
+# 0.95; real images 0.983<!--= 03:world/test_mean_max_prob -->) and every factor's marginal (largest TV
+# 0.098<!--= 03:world/prior_factor_tv_to_test.background --> +- 0.018<!--= 03:world/prior_factor_tv_to_test_sd.background -->,
+# background, against 0.1).
 # Two of them only just: max-probability and background TV sit on their thresholds, well inside
 # one standard error. Two fresh sets of 1000 samples read max-probability 0.953 and 0.954 and
 # background TV 0.088 and 0.0995. The prior still draws the brick background less often than the
@@ -215,10 +221,12 @@ report.claim("features_beat_neurons", "App L.1, Table 7", "transcoder features a
              TABLE7.items()}, mf.success_rate > mn.success_rate, kind="paper")
 
 # %% [markdown]
-# **What we see.** 88 % of the eligible features (SE 3.2 %) but 80 % of the neurons (SE 5.0 %)
-# have top-20 images that share one factor value; with AuxK, also 88 % of features. The direction
+# **What we see.** 88<!--= 03:monosemantic_success/features * 100 --> % of the eligible features (SE 3.2 %) but
+# 80<!--= 03:monosemantic_success/neurons * 100 --> % of the neurons (SE 5.0 %) have top-20 images that share one factor
+# value; with AuxK, also 88<!--= 03:monosemantic_success/features (AuxK 32) * 100 --> % of features. The direction
 # is the paper's (raters: 74 % vs 28 %), the gap much smaller (under 2 SE): the mini-world's
-# neurons are already fairly clean. The comparison favours features: only the 30 % of features
+# neurons are already fairly clean. The comparison favours features: only the
+# 30<!--= 03:features_with_full_topk * 100 --> % of features
 # that fire on at least 20 held-out images enter it, while every neuron does.
 #
 # ## Top images of a few features, with activation heat-maps

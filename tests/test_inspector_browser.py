@@ -4,8 +4,13 @@ built (or loaded) under $KLSC_CACHE, with a few stored EnergyDPS samples of one 
 a server on 127.0.0.1 (free port, token, temporary root, the same $KLSC_CACHE) opens a
 small notebook that loads them from the cache and displays the inspector; the browser
 runs it, selects the feature, moves the strength slider, waits for the new EnergyDPS
-images, saves a screenshot (to ``$KLSC_INSPECTOR_SCREENSHOT`` if set: ``make screenshot``
-refreshes the README's ``figures/inspector/inspector.png``) and checks the page."""
+images, saves a screenshot (to ``$KLSC_INSPECTOR_SCREENSHOT`` if set) and checks the page.
+
+With ``KLSC_INSPECTOR_PROFILE=default`` (``make screenshot``, which refreshes the README's
+``figures/inspector/inspector.png``) the same test runs on the default world with its
+trained prior, notebook 03's default transcoder and the samples notebook 04 stored
+(run both notebooks on profile default first, with the same $KLSC_CACHE), on the feature
+whose stored EnergyDPS samples show its concept most often."""
 
 from __future__ import annotations
 
@@ -26,7 +31,9 @@ from klsc_lib.runtime import cache_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 N_SAMPLES = 4
-STEPS = 25  # EnergyDPS steps of the stored and the generated samples
+STEPS = 25  # EnergyDPS steps of the stored and the generated samples (smoke)
+PROFILE = os.environ.get("KLSC_INSPECTOR_PROFILE", "smoke")  # smoke (CI) | default (make screenshot)
+DEFAULT_STEPS = 50  # notebook 04's fast configuration
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
@@ -65,20 +72,49 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _notebook(k: int, store_root: Path, notes: Path) -> dict:
+def _notebook(k: int, store_root: Path, notes: Path, profile: str = "smoke", steps: int = STEPS) -> dict:
     source = "\n".join([
         "import sys",
         f"sys.path.insert(0, {str(ROOT / 'tests')!r})",
-        "from _smoke_transcoder import smoke_transcoder",
+        "from _smoke_transcoder import profile_transcoder",
         "from klsc_lib.diffusion.guidance import GuidanceConfig",
         "from klsc_lib.viz.inspector import FeatureInspector",
-        "_, world, fitted, index = smoke_transcoder()  # from $KLSC_CACHE",
+        f"_, world, fitted, index = profile_transcoder({profile!r})  # from $KLSC_CACHE",
         f"FeatureInspector(world, fitted, index, {str(store_root)!r}, notes_path={str(notes)!r}, k={k}, "
-        f"guidance=GuidanceConfig.fast({STEPS}), n_samples={N_SAMPLES})",
+        f"guidance=GuidanceConfig.fast({steps}), n_samples={N_SAMPLES})",
     ])
     cell = {"cell_type": "code", "execution_count": None, "metadata": {}, "outputs": [], "source": source}
     return {"cells": [cell], "metadata": {"kernelspec": {"name": "klsc", "display_name": "Python (klsc)",
                                                           "language": "python"}}, "nbformat": 4, "nbformat_minor": 5}
+
+
+def _default_case() -> tuple[int, int, Path]:
+    """The default world's case: (feature, top-k images shown, notebook 04's samples root).
+    The feature is the one of notebook 04's whose stored EnergyDPS samples the factor
+    classifier reads as showing its concept most often (ties: the purer concept)."""
+    import torch
+
+    from klsc_lib.analysis.explanation_metrics import concept_accuracy
+    from klsc_lib.energies.units import Units
+    from klsc_lib.explain import stored_samples
+    from klsc_lib.studies.nb04_energydps import true_concepts, world_reader
+    from klsc_lib.profiles import get_profile
+    from klsc_lib.profiles.nb04_energydps import samples_stores
+
+    from _smoke_transcoder import profile_transcoder
+
+    cfg, world, fitted, _ = profile_transcoder("default")
+    store = samples_stores("default")[("EnergyDPS", "Feature")]  # only the features' EnergyDPS samples are needed
+    if not store.units():
+        pytest.skip("the default screenshot needs notebook 04's EnergyDPS samples: run notebook 04 on profile default "
+                    "with the same $KLSC_CACHE first")
+    ids = torch.tensor(sorted(store.units()))
+    units = Units("Feature", world.backbone, fitted.model, image_size=world.image_size)  # as feature_units
+    concepts = true_concepts(units, ids, world, get_profile("04_energydps", "default").top_k)
+    images, _ = stored_samples(store, ids)
+    acc = concept_accuracy(world_reader(world), images, concepts)
+    best = max(range(len(ids)), key=lambda i: (float(acc[i]), float(concepts.purity_U[i])))
+    return int(ids[best]), cfg.grid_k, store.folder.parent
 
 
 def _stored_samples(smoke_world, feature: int, store_root: Path) -> None:
@@ -113,15 +149,24 @@ def _wait_for_server(url: str, proc: subprocess.Popen, timeout: float = 40.0) ->
     raise TimeoutError(f"jupyter lab did not answer {url} within {timeout} s")
 
 
-def test_inspector_in_jupyterlab(chromium, smoke_world, smoke_feature, tmp_path):
+def test_inspector_in_jupyterlab(chromium, request, tmp_path):
     from playwright.sync_api import expect, sync_playwright
 
     work, settings = tmp_path / "root", tmp_path / "settings"
     work.mkdir()
-    feature, k = smoke_feature
-    _stored_samples(smoke_world, feature, tmp_path / "samples")
-    (work / "inspector.ipynb").write_text(json.dumps(_notebook(k, tmp_path / "samples",
-                                                               tmp_path / "notes.json")))
+    if PROFILE == "default":
+        feature, k, store_root = _default_case()
+        steps, slow = DEFAULT_STEPS, 4  # a 1.74 M-parameter prior on the CPU: allow more time
+        presses, height = 20, 2600  # strength / 10 (Jacobian-free guidance at full strength leaves colour noise);
+        # a viewport tall enough for the whole inspector, so the element screenshot is not overdrawn
+    else:
+        smoke_world = request.getfixturevalue("smoke_world")
+        feature, k = request.getfixturevalue("smoke_feature")
+        store_root, steps, slow = tmp_path / "samples", STEPS, 1
+        presses, height = 6, 1100
+        _stored_samples(smoke_world, feature, store_root)
+    (work / "inspector.ipynb").write_text(json.dumps(_notebook(k, store_root, tmp_path / "notes.json", PROFILE,
+                                                               steps)))
     # no news / update toasts over the screenshot
     notif = settings / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings"
     notif.parent.mkdir(parents=True)
@@ -138,14 +183,14 @@ def test_inspector_in_jupyterlab(chromium, smoke_world, smoke_feature, tmp_path)
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=chromium, args=["--no-sandbox"], headless=True)
             try:
-                page = browser.new_page(viewport={"width": 1500, "height": 1100})
+                page = browser.new_page(viewport={"width": 1500, "height": height})
                 page.goto(f"http://127.0.0.1:{port}/lab/tree/inspector.ipynb?token={token}")
                 page.locator(".jp-Notebook .jp-Cell .cm-content").first.click(timeout=30_000)
                 expect(page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']")).to_have_count(1,
                                                                                                         timeout=30_000)
                 page.keyboard.press("Shift+Enter")
                 inspector = page.locator(".klsc-inspector")
-                expect(inspector).to_be_visible(timeout=120_000)  # loads world and transcoder
+                expect(inspector).to_be_visible(timeout=120_000 * slow)  # loads world and transcoder
 
                 # select a feature by typing its id
                 box = page.locator(".klsc-feature-input input")
@@ -157,9 +202,9 @@ def test_inspector_in_jupyterlab(chromium, smoke_world, smoke_feature, tmp_path)
                 # move the strength slider: new EnergyDPS samples appear (sampled in the kernel's background thread)
                 handle = page.locator(".klsc-strength .noUi-handle")
                 handle.focus()
-                for _ in range(6):
+                for _ in range(presses):
                     handle.press("ArrowLeft")
-                expect(page.locator(".klsc-generated img")).to_have_count(N_SAMPLES, timeout=40_000)
+                expect(page.locator(".klsc-generated img")).to_have_count(N_SAMPLES, timeout=40_000 * slow)
                 expect(page.locator(".klsc-strip img").first).to_be_visible()
                 page.wait_for_timeout(300)
                 # the README's screenshot only when asked for (make screenshot): a test run leaves the tree clean

@@ -60,3 +60,76 @@ def test_paper_tables_figure_draws_wilson_intervals_for_table7():
     r = TABLE7["Feature"]["success_rate"]
     ci = stats.binomtest(round(100 * r), 100).proportion_ci(method="wilson")
     assert 0 < ci.low < r < ci.high < 1
+
+
+def _inside_figure(fig, artist) -> bool:
+    """Whether a text artist is drawn wholly inside the figure (not clipped at its edge)."""
+    fig.canvas.draw()
+    box, page = artist.get_window_extent(), fig.bbox
+    return box.x0 >= page.x0 - 1 and box.x1 <= page.x1 + 1 and box.y0 >= page.y0 - 1 and box.y1 <= page.y1 + 1
+
+
+def test_paper_tables_start_at_zero_with_titles_inside_the_figure():
+    human = {m: 2.0 for m in TABLE4}
+    fig = paper_tables_figure(TABLE4, TABLE6, TABLE7, human)
+    assert [ax.get_ylim()[0] for ax in fig.axes[:3]] == [0, 0, 0]
+    for ax in fig.axes[:3]:  # each title inside the figure and no wider than its own panel
+        box, panel = ax.title.get_window_extent(), ax.get_window_extent()
+        assert ax.get_title() and _inside_figure(fig, ax.title), ax.get_title()
+        assert box.x0 >= panel.x0 - 2 and box.x1 <= panel.x1 + 2, ax.get_title()
+
+
+def test_method_rows_write_column_titles_and_a_label_under_each_image():
+    import torch
+
+    from klsc_lib.viz.explanations import column_panels, method_rows
+
+    psi = torch.tensor([[0.5, 0.1], [2.0, 0.3], [1.0, 0.2]])
+    samples = {m: (torch.zeros(3, 2, 3, 4, 4), psi * (i + 1)) for i, m in enumerate(("TopK", "EnergyDPS"))}
+    names = ["feature 4\nsize=12px", "feature 7\ncolour=red", "feature 9\ndigit=3"]
+    panels, titles, cells = column_panels(samples, ["TopK", "EnergyDPS"], [2, 0], names, torch.tensor([1.0, 2.0, 4.0]))
+    assert titles == ["feature 9\ndigit=3\nt 4.00", "feature 4\nsize=12px\nt 1.00"]
+    assert cells[""]["EnergyDPS"] == ["psi 2.00", "psi 1.00"]  # the first sample of units 2 and 0, x2
+    fig = method_rows(panels, None, "t", col_titles=titles, cell_labels=cells)
+    axes = fig.axes
+    assert [a.get_title() for a in axes[:2]] == titles
+    assert [a.get_xlabel() for a in axes[2:4]] == ["psi 2.00", "psi 1.00"]
+    assert axes[2].get_ylabel() == "EnergyDPS"
+
+
+def test_feature_panels_caption_psi_as_a_fraction_of_t():
+    import torch
+
+    from klsc_lib.viz.explanations import feature_panels
+
+    samples = {"EnergyDPS": (torch.zeros(2, 2, 3, 4, 4), torch.tensor([[0.6, 0.8], [1.0, 1.0]]))}
+    _, captions = feature_panels(samples, ["EnergyDPS"], [0], ["f0", "f1"], torch.tensor([1.4, 2.0]))
+    assert captions == {"f0": {"EnergyDPS": "psi 0.70 = 0.50 t"}}
+
+
+def test_metric_bars_grid_log_axes_and_intervals():
+    from klsc_lib.viz.explanations import metric_bars
+
+    table = {"MACO": {"a": (0.5, 0.4, 0.6), "KID": (1.5, 1.4, 1.6)},
+             "EnergyDPS": {"a": (0.9, 0.8, 1.0), "KID": (0.03, -0.01, 0.07)}}
+    fig = metric_bars(table, ["a", "KID", "a"], "t", ncols=2, log=("KID",), log_floor=1e-3)
+    axes = fig.axes
+    assert len(axes) == 4 and not axes[3].axison  # 2 x 2 grid, the spare panel hidden
+    assert axes[0].get_yscale() == "linear" and axes[1].get_yscale() == "log"
+    assert axes[1].get_ylim()[0] == pytest.approx(1e-3)
+    tops = [p.get_y() + p.get_height() for p in axes[1].patches]
+    assert tops == pytest.approx([1.5, 0.03])  # bars end at the means, drawn up from the floor
+    lows = [seg[0][1] for seg in axes[1].collections[0].get_segments()]
+    assert lows == pytest.approx([1.4, 1e-3])  # a negative interval end drawn at the floor
+    assert [p.get_height() for p in axes[0].patches] == pytest.approx([0.5, 0.9])
+
+
+def test_strength_curve_labels_points_in_the_texts_units():
+    rows = [(0.0, 0.1, 0.05), (0.2, 0.6, 0.03), (2.0, 1.4, 1.4)]
+    fig = strength_curve(rows, [(1.0, 0.3)], unit=500.0, unit_name="strength x steps",
+                         kid_label="KID vs real held-out images", paper_kid_label="KID vs unguided samples")
+    labels = [t.get_text() for t in fig.axes[0].texts]
+    assert labels == ["0", "100", "1000"]
+    assert "strength x steps" in fig.axes[0].get_title()
+    assert fig.axes[0].get_ylabel() == "KID vs real held-out images"
+    assert fig.axes[1].get_ylabel() == "KID vs unguided samples"

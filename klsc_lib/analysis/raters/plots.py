@@ -47,14 +47,18 @@ def packet_examples(packet: Packet, n: int = 3):
 def paper_tables_figure(table4: Mapping, table6: Mapping, table7: Mapping, human_mean: Mapping[str, float]):
     """The paper's rater tables side by side: Table 6 per rater, Table 4 per rater kind
     (with the plain mean of Table 6's humans beside its Human column) and Table 7's
-    success rates with Wilson 95 % intervals for 100 units per kind (App K.2)."""
-    fig, axes = plt.subplots(1, 3, figsize=(15, 3.6), gridspec_kw={"width_ratios": [3, 2, 1.3]})
-    bar_table(axes[0], table6, "paper Table 6: per rater")
+    success rates with Wilson 95 % intervals for 100 units per kind (App K.2). Every
+    y-axis starts at 0, so bar heights compare as ratios."""
+    fig, axes = plt.subplots(1, 3, figsize=(15, 3.8), gridspec_kw={"width_ratios": [3, 2, 1.3]},
+                             layout="constrained")
+    bar_table(axes[0], table6, "paper Table 6: per rater", ylim=(0, 4))
     bar_table(axes[1], {m: {"Human": v["Human"], "mean of H1-4": human_mean[m], "GPT": v["GPT"],
-                            "Gemini": v["Gemini"]} for m, v in table4.items()}, "paper Table 4 (+ mean of Table 6 humans)")
+                            "Gemini": v["Gemini"]} for m, v in table4.items()},
+              "paper Table 4, with the mean of\nTable 6's four humans", ylim=(0, 4))
     rates = [v["success_rate"] for v in table7.values()]
     ci = [stats.binomtest(round(100 * r), 100).proportion_ci(method="wilson") for r in rates]
     axes[2].bar(list(table7), rates, yerr=np.array([[r - c.low, c.high - r] for r, c in zip(rates, ci)]).T,
                 capsize=3, color=["tab:gray", "tab:green"])
-    axes[2].set(title="paper Table 7: success (score > 2.5)", ylim=(0, 1))
+    axes[2].set_title("paper Table 7: success rate\n(score > 2.5, Wilson 95 % CI)", fontsize=10)
+    axes[2].set_ylim(0, 1)
     return fig
