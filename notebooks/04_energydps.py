@@ -51,16 +51,17 @@ from klsc_lib.analysis.explanation_metrics import concept_accuracy, method_table
 from klsc_lib.analysis.image_metrics import kid
 from klsc_lib.baselines.maco import MacoPrior
 from klsc_lib.energies import class_logit
-from klsc_lib.explain import (draw_units, energy_dps_samples, explain, explain_neurons, feature_units, matched_cost,
-                              object_drift, run_energy_dps, run_maco, run_proxy, stored_samples, strength_ablation,
-                              world_proxy, world_reader)
+from klsc_lib.diffusion.energy_dps import sample_units
+from klsc_lib.diffusion.guidance import sample_seeds, unit_seeds
+from klsc_lib.explain import explain, feature_units, run_energy_dps, run_maco, run_proxy, stored_samples
 from klsc_lib.paper_values import TABLE3, TABLE10, TABLE11
 from klsc_lib.profiles import get_profile
 from klsc_lib.profiles.nb04_energydps import samples_stores
 from klsc_lib.report import Report
 from klsc_lib.runtime import resolve_device, seed_everything
+from klsc_lib.studies.nb04_energydps import (draw_units, explain_neurons, matched_cost, object_drift,
+                                            strength_ablation, world_reader)
 from klsc_lib.viz.explanations import column_panels, feature_panels, method_rows, metric_bars, strength_curve, strip
-from klsc_lib.viz.inspector_data import miniworld_value_names
 from klsc_lib.viz.world import record_world
 from klsc_lib.worlds import load_world
 from klsc_lib.worlds.miniworld.quality import classify
@@ -73,7 +74,7 @@ if cfg.threads:
 report = Report("04_energydps", out_dir, profile, seed, dev)
 world = load_world(cfg.world, dev)
 record_world(report, world)
-units = feature_units(world, cfg.world, cfg.recipe, seed, dev)
+units = feature_units(world, cfg.recipe, seed, dev)
 half = len(world.test) // 2  # first half: dataset search; second half: KID reference
 real = torch.stack([world.test[i][0] for i in range(len(world.test))])
 n = cfg.n_per_unit
@@ -99,18 +100,19 @@ report.metric("features", {"n": len(feats), "eligible_of_drawn": f"{drawn.eligib
 # %%
 stores = {m: s for (m, kind), s in samples_stores(profile, seed).items() if kind == "Feature"}
 samples = {"TopK": (search.images_UKCHW[:, :cfg.k_target], search.psi_UK[:, :cfg.k_target])}
-maco_prior, (eps_emb, emb0) = MacoPrior.from_images(real[:half]), world_proxy(world)
+maco_prior = MacoPrior.from_images(real[:half])
 runs = {"MACO": lambda u, t: run_maco(maco_prior, units, u, t, n, world.image_size, cfg.maco, seed),
-        "DiffExplainer": lambda u, t: run_proxy(eps_emb, emb0, world.prior, units, u, t, n, cfg.proxy, seed),
+        "DiffExplainer": lambda u, t: run_proxy(world.prompt_proxy, world.prior, units, u, t, n, cfg.proxy, seed),
         "EnergyDPS": lambda u, t: run_energy_dps(world.prior, units, u, t, n, cfg.fast, seed, cfg.batch_size)}
 for j, u in enumerate(feats.tolist()):
     stores["TopK"].put(u, samples["TopK"][0][j], samples["TopK"][1][j])
 for method, run in runs.items():
     explain(stores[method], run, feats, target)
     samples[method] = stored_samples(stores[method], feats)
-seeds = list(range(len(feats) * n))
-x_u, psi_u = energy_dps_samples(world.prior, units, feats.repeat_interleave(n), None, replace(cfg.fast, scale=0.0),
-                                seeds, cfg.batch_size)
+seeds = unit_seeds(seed, feats, n)  # the noise of the EnergyDPS samples above, unguided
+x_u, psi_u = sample_units(world.prior, units.energy, feats.repeat_interleave(n),
+                          replace(cfg.fast, strength=0.0, cap_rule="none"), seeds, batch_size=cfg.batch_size,
+                          device=units.device)
 samples["unguided"] = (x_u.reshape(len(feats), n, *x_u.shape[1:]), psi_u.reshape(len(feats), n))
 
 # %% [markdown]
@@ -119,7 +121,7 @@ samples["unguided"] = (x_u.reshape(len(feats), n, *x_u.shape[1:]), psi_u.reshape
 # %%
 show = np.argsort(-concepts.purity_U)[:2]
 methods = ("TopK", "MACO", "DiffExplainer", "EnergyDPS")
-value_names = miniworld_value_names(world.factor_names)  # readable values on the mini-world, else value ids
+value_names = world.value_names  # readable values on the mini-world, else value ids
 concept = [f"{c}={value_names[c][int(v)] if c in value_names else v}" for c, v in zip(concepts.factor_U,
                                                                                      concepts.value_U)]
 labels = [f"feature {int(f)}\n{c}" for f, c in zip(feats, concept)]
@@ -164,7 +166,8 @@ plt.show()
 # factor classifier's features, else pixels). Intervals: bootstrap over features.
 
 # %%
-read, second, second_name = world_reader(world)
+reader = world_reader(world)
+read, second, second_name = reader.read, reader.features, reader.name
 spaces = {"backbone": lambda x: classify(world.backbone, x.to(dev))[1].cpu(), second_name: second}
 table = method_table(samples, target, read, concepts, spaces, real[half:half + cfg.n_real_kid], seed)
 rows = {m: {k: round(v[0], 4) for k, v in row.items()} for m, row in table.items()}
@@ -276,7 +279,7 @@ abl = strength_ablation(world.prior, units, few, cfg.fast, cfg.strengths, seeds[
 print("\n".join(f"scale x{s}: mean psi {p:.3f}, KID {k:.4f}" for s, p, k in abl))
 report.metric("table10", abl, paper=[dict(r) for r in TABLE10], note="(strength multiple, mean psi, KID backbone)")
 report.savefig(strength_curve(abl, [(r["mean_activation"], r["kid"]) for r in TABLE10],
-                              unit=cfg.fast.scale * cfg.fast.num_steps, unit_name="strength x steps",
+                              unit=cfg.fast.step_scale(world.prior.schedule) * cfg.fast.num_steps, unit_name="strength x steps",
                               kid_label="KID vs real held-out images",
                               paper_kid_label="KID vs unguided samples (as printed)"),
                "table10_strength")
@@ -307,8 +310,9 @@ report.claim("strength_activation_and_kid_rise", "App L.2.3, Table 10", "activat
 # %%
 f0, i0 = int(feats[show[0]]), int(show[0])
 levels = torch.tensor(cfg.shift_levels).repeat_interleave(2) * target[i0]
-x, psi = energy_dps_samples(world.prior, units, torch.full((len(levels),), f0), levels, cfg.fast,
-                            [0, 1] * len(cfg.shift_levels))
+x, psi = sample_units(world.prior, units.energy, torch.full((len(levels),), f0),
+                      replace(cfg.fast, cap_rule="target"), sample_seeds(seed, f0, 2) * len(cfg.shift_levels), levels,
+                      device=units.device)
 fig = strip(x, [f"cap {c:g}t\npsi {p:.2f}" for c, p in zip(cfg.shift_levels, psi.reshape(-1, 2).mean(1))],
             f"Semantic shift (App L.3): feature {f0} at rising caps", rows=2)
 report.savefig(fig, "l3_semantic_shift")
@@ -317,7 +321,7 @@ report.metric("l3_shift", [(c, p) for c, p in zip(cfg.shift_levels, psi.reshape(
               note="(cap as a multiple of t, mean psi of the two samples)")
 task = int((concepts.value_U[i0] + 1) % world.num_classes) if concepts.factor_U[i0] == "digit" else 0
 drift = object_drift(world.prior, units, f0, float(target[i0]), class_logit(world.backbone, task),
-                     lambda x: classify(world.backbone, x)[0][:, task], cfg.drift_weights, cfg.fast)
+                     lambda x: classify(world.backbone, x)[0][:, task], cfg.drift_weights, cfg.fast, seed)
 fig = strip(torch.cat([d.images_BCHW for d in drift]),
             [f"omega {d.omega:g}\npsi {d.mean_psi:.2f}, P(task) {d.p_task:.2f}" for d in drift],
             f"Object drift (App L.5): psi + omega logit[{task}]", rows=4)
@@ -409,7 +413,7 @@ report.claim("fast_10x_cheaper", "App L.4 (ours)", "at matched activation (the f
 # %%
 nstore = samples_stores(profile, seed)[("EnergyDPS", "Neuron")]  # keyed by the settings below
 n_ids, n_t, psi_n = explain_neurons(nstore, world, cfg.n_neurons, g, real[:half], cfg.n_neuron_samples,
-                                    replace(cfg.fast, calibrate=False), seed, cfg.batch_size, cfg.k_target)
+                                    replace(cfg.fast, cap_rule="target"), seed, cfg.batch_size, cfg.k_target)
 ratio = float(torch.stack([psi_n[int(u)].mean() for u in n_ids]).mean() / n_t.mean())
 print(f"{len(psi_n)} neurons stored in {nstore.folder}; mean psi / t {ratio:.2f}")
 report.metric("neurons", {"n": len(psi_n), "psi_over_t": ratio, "store": nstore.folder.name})
