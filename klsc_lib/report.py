@@ -31,10 +31,10 @@ _VERSIONED = ("torch", "torchvision", "numpy", "scipy", "matplotlib", "timm", "d
 
 #: What a claim tests: ``paper`` an empirical statement of the paper on our data;
 #: ``identity`` a theorem that holds for any input (a check of the code, with a tolerance
-#: that fits the precision reached); ``ours`` a quality target of this reproduction;
-#: ``simulated`` a result of a study whose raters are simulated (a statement of the paper
-#: re-enacted on our samples by random draws: it checks the pipeline, it is no evidence about the paper).
-CLAIM_KINDS = ("paper", "identity", "ours", "simulated")
+#: that fits the precision reached); ``ours`` a quality target of this reproduction (the
+#: simulated rater study's claims are ``ours``, "simulated" in their text: they test the
+#: analysis, not the paper).
+CLAIM_KINDS = ("paper", "identity", "ours")
 
 
 @dataclass(frozen=True)
@@ -145,8 +145,6 @@ _KIND_TITLES = {
     "paper": "Statements of the paper, tested on our data",
     "identity": "Identities (theorems that hold for any input: checks of the code, tolerance = precision reached)",
     "ours": "Quality targets of this reproduction",
-    "simulated": "Simulated rater study (random raters scoring our samples from the factor classifier's reading: "
-                 "a test of the analysis, not evidence about the paper)",
 }
 _MAX_ITEMS = 4  # list / dict entries shown per cell
 _MAX_CELL = 120  # characters per cell

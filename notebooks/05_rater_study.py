@@ -36,8 +36,8 @@
 # its images in which the world's factor classifier reads the unit's concept (notebook 04's
 # concept accuracy), plus its own leniency and Gaussian noise. Its scores are therefore a
 # noisy copy of notebook 04's concept accuracy: they exercise the analysis a real study
-# needs, and its claims are recorded as kind `simulated`, not as evidence for or against the
-# paper.
+# needs, and its claims are recorded as kind `ours` (targets of this reproduction, with
+# "simulated" in their text), not as evidence for or against the paper.
 
 # %% tags=["parameters"]
 profile = "default"  # smoke | default | paper
@@ -227,7 +227,7 @@ print(f"Krippendorff alpha (ordinal) {alpha:.3f}; weighted variance ({encoder_na
 report.metric("paired_wilcoxon_vs_EnergyDPS", {b: vars(t) for b, t in tests.items()})
 best = best_method_per_rater(per_rater, [m for m in TABLE4 if m in methods])
 print("best generated method per rater (ties kept):", best)
-kind = "simulated" if simulated else "paper"
+kind = "ours" if simulated else "paper"
 sim_note = (" (simulated raters scoring notebook 04's samples from the factor classifier's reading: a noisy copy of "
             "its concept accuracy)") if simulated else ""
 report.claim("energydps_best_for_every_rater", "Sec 3.3, Table 4", "EnergyDPS alone gets the highest mean score "

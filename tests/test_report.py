@@ -99,7 +99,7 @@ def test_savefig_leaves_no_partial_file_on_error(tmp_path):
 def test_claims_table_rejects_one_id_in_two_notebooks(tmp_path):
     for nb in ("04_a", "05_b"):
         r = Report(nb, tmp_path / nb, profile="smoke", seed=0)
-        r.claim("features_beat_neurons", "App L.1", "s", 1, 1, True, kind="paper" if nb == "04_a" else "simulated")
+        r.claim("features_beat_neurons", "App L.1", "s", 1, 1, True, kind="paper" if nb == "04_a" else "ours")
         r.write()
     with pytest.raises(ValueError, match="features_beat_neurons"):
         write_claims_table(tmp_path)
