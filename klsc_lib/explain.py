@@ -6,6 +6,8 @@ images, Sec 3.2), batched across units (one batch mixes units), and written to t
 :class:`~klsc_lib.samples_store.SamplesStore` (units already stored are skipped).
 
 - :func:`topk_targets`: dataset search on the same psi units; t_U and the top images.
+- :func:`true_concepts`: a unit's ground-truth concept on a world with known factors, the
+  one definition notebooks 04-05 and the feature inspector share.
 - :func:`run_energy_dps`: EnergyDPS (Algorithm 1) as a
   :class:`~klsc_lib.diffusion.guidance.GuidanceConfig` says; with the cap rule
   "calibrated" the per-unit cap c_U is calibrated by the batched bisection of
@@ -33,6 +35,8 @@ from typing import Callable, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from klsc_lib.analysis.explanation_metrics import Concepts, unit_concepts
+from klsc_lib.analysis.monosemanticity import dataset_factors
 from klsc_lib.baselines.dataset_search import DatasetSearchResult, dataset_search
 from klsc_lib.baselines.maco import MacoPrior, crop_resize, maco
 from klsc_lib.baselines.proxy_guidance import DDIMChain, proxy_guidance
@@ -68,6 +72,24 @@ def topk_targets(units: Units, units_U: torch.Tensor, images_NCHW: torch.Tensor,
                for s in range(0, len(images_NCHW), batch_size))
     res = dataset_search(batches, units.scores(units_U), len(units_U), k=k, disable=True)
     return res, res.psi_UK[:, :k_target].mean(dim=1)
+
+
+def search_concepts(search: DatasetSearchResult, world: World) -> Concepts:
+    """The concepts of searched units: among each unit's top images (ids into
+    ``world.test``), the (factor, value) with the highest chance-corrected share
+    (:func:`~klsc_lib.analysis.explanation_metrics.unit_concepts`; factor sizes from
+    ``world.train``)."""
+    sizes = {n: int(v.max()) + 1 for n, v in dataset_factors(world.train, world.factor_names).items()}
+    n = int(search.ids_UK.max()) + 1
+    return unit_concepts(search.ids_UK.numpy(), dataset_factors(world.test, world.factor_names, n=n), sizes)
+
+
+def true_concepts(units: Units, units_U: Sequence[int] | torch.Tensor, world: World, k: int = 20) -> Concepts:
+    """Each unit's true concept (Sec 3.2-3.3): :func:`search_concepts` of its top-``k``
+    images by psi in the first half of ``world.test`` (the half notebook 04 searches)."""
+    half = len(world.test) // 2
+    images = torch.stack([world.test[i][0] for i in range(half)])
+    return search_concepts(topk_targets(units, units.check(units_U), images, k=k)[0], world)
 
 
 # ---------------------------------------------------------------- configurations

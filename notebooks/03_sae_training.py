@@ -246,13 +246,14 @@ plt.show()
 # where on the image the feature fires.
 #
 # The **feature inspector** below opens any feature: its top images and heat-maps, its
-# concept (the factor value its top images share most), the samples notebook 04 stored,
+# concept (notebook 04's: the factor value its top images by psi share most), the samples notebook 04 stored,
 # EnergyDPS samples generated on demand at the strength and cap of the sliders, its
 # activation histogram, the semantic-shift strip (App L.3) and your notes (saved next to
 # the transcoder). It needs a live kernel (`make lab`); headless runs only print the widget.
 
 # %%
-FeatureInspector(world, main, feature_index, cache_dir() / "samples", k=cfg.grid_k, initial=int(show[0]))
+FeatureInspector(world, main, feature_index, cache_dir() / "samples", k=cfg.grid_k, initial=int(show[0]),
+                 concept_k=get_profile("04_energydps", profile).top_k)  # notebook 04's concepts
 
 # %% [markdown]
 # ## Hook depth: a precondition for Table 8 (App L.2.1)

@@ -59,16 +59,14 @@ from klsc_lib.analysis.raters import (best_method_per_rater, bootstrap_mean, des
                                       krippendorff_alpha, load_ratings, mean_scores, paired_wilcoxon,
                                       simulate_ratings, success_rate, text_encoder, write_packet, write_ratings)
 from klsc_lib.analysis.raters.plots import bar_table, packet_examples, paper_tables_figure
-from klsc_lib.analysis.raters.simulate import (concept_fraction, describe_from_factors, planted_study,
-                                               stored_sample_sets)
-from klsc_lib.energies.units import Units
+from klsc_lib.analysis.raters.simulate import describe_from_factors, planted_study
 from klsc_lib.explain import feature_units
 from klsc_lib.paper_values import TABLE4, TABLE6, TABLE7, TABLE7_SUCCESS_THRESHOLD
 from klsc_lib.profiles import get_profile
 from klsc_lib.profiles.nb04_energydps import samples_stores
 from klsc_lib.report import Report
 from klsc_lib.runtime import resolve_device, seed_everything
-from klsc_lib.studies.nb04_energydps import true_concepts, world_reader
+from klsc_lib.studies.nb05_rater_study import stored_study_sets
 from klsc_lib.worlds import load_world
 from klsc_lib.worlds.miniworld.data import FACTOR_SIZES, VALUE_NAMES, MiniWorldDataset
 
@@ -169,15 +167,8 @@ if simulated:
     stores = samples_stores(profile, seed, create=False)  # stops here if notebook 04 has not run
     cfg04 = get_profile("04_energydps", profile)
     world = load_world(cfg04.world, dev)
-    features = feature_units(world, cfg04.recipe, seed, dev)
-    concepts = {}  # (unit kind, id) -> (factor, value), as notebook 04 fixes them
-    for kind, u_set in (("Feature", features), ("Neuron", Units("Neuron", world.backbone, image_size=world.image_size))):
-        ids = sorted({u for (_, k), s in stores.items() if k == kind for u in s.units()})
-        c = true_concepts(u_set, ids, world, cfg04.top_k)
-        concepts |= {(kind, u): (f, int(v)) for u, f, v in zip(ids, c.factor_U, c.value_U)}
-    sets, factors = stored_sample_sets(stores.values(), concepts, world_reader(world).read)
-    unit_concept = {f"{k.lower()}_{u}": c for (k, u), c in concepts.items()}  # the sets' unit names
-    truth = {item: concept_fraction(unit_concept[item[0]], f) for item, f in factors.items()}
+    stored = stored_study_sets(stores, world, feature_units(world, cfg04.recipe, seed, dev), cfg04.top_k)
+    sets, factors, truth = stored.sets, stored.factors, stored.truth
     packet = write_packet(sets, work / "packet", work / "key.csv", seed=seed, cell=cfg.cell)
     print(f"packet: {len(packet.item_ids)} grids in {packet.folder}, key apart in {packet.key_path}")
     report.savefig(packet_examples(packet), "packet_examples")
@@ -186,7 +177,7 @@ if simulated:
     report.metric("mean_truth", mean_truth, note="fraction of a grid's images showing the unit's concept, read by "
                   "the factor classifier; what the simulated raters score")
     features = [i for i in truth if i[2] == "Feature"]
-    describe = describe_from_factors(unit_concept, factors, names)
+    describe = describe_from_factors(stored.concepts, factors, names)
     write_ratings(simulate_ratings(features, truth.__getitem__, cfg.raters, describe, seed=seed),
                   work / "simulated.csv")
     study = load_ratings(work / "simulated.csv")
@@ -320,7 +311,7 @@ if len(kinds7) == 2:
 #
 # ## Running a real study
 # 1. Packets: `write_packet(sets, "packet/", "key.csv", seed=...)` with the sample sets
-#    of notebook 04 (`sets` above, from `stored_sample_sets`; any iterable of
+#    of notebook 04 (`sets` above, from `stored_study_sets`; any iterable of
 #    `(unit, method, images_BCHW)` works). Hand out `packet/` (grids, `sheet.csv`,
 #    `form.html`); keep `key.csv` to yourself.
 # 2. Humans open `form.html` in a browser, describe and score every grid, click

@@ -79,24 +79,24 @@ def test_explain_neurons_targets_are_brute_force_and_the_store_is_reused(world, 
     assert all(torch.equal(again[u], psi[u]) for u in psi)  # read back, not resampled (a NaN scale would raise)
 
 
-def test_the_inspector_shows_notebook_04s_concept_label_for_the_same_top_images(world):
-    """One concept function: fed the top images notebook 04 found for its units (an index
-    holding those ids), the inspector labels each unit with notebook 04's (factor, value)."""
+def test_the_inspector_and_notebooks_04_05_show_one_label_per_feature(world, tmp_path):
+    """One concept function: the inspector's concept of each unit notebook 04 draws equals
+    notebook 04's (and notebook 05's, which calls true_concepts on the stored ids),
+    checked against the factor labels of the unit's top images counted here."""
     from klsc_lib.analysis.monosemanticity import dataset_factors
-    from klsc_lib.sae.topk_index import TopKIndex
-    from klsc_lib.viz.inspector_data import feature_concepts
+    from klsc_lib.explain import true_concepts
+    from klsc_lib.viz.inspector import FeatureInspector
 
-    tc, _ = tiny_transcoder(world)
+    tc, index = tiny_transcoder(world)
     units = Units("Feature", world.backbone, tc, image_size=32)
     drawn = draw_units(units, world, 4, torch.Generator().manual_seed(3), k=6, k_target=2)
-    index = TopKIndex(len(drawn.units_U), 6)
-    index.ids_UK = drawn.search.ids_UK.clone()
-    factors = dataset_factors(world.train, world.factor_names)  # the factor sizes notebook 04 uses
+    insp = FeatureInspector(world, tc, index, notes_path=tmp_path / "notes.json", concept_k=6)
+    again = true_concepts(units, drawn.units_U.flip(0), world, k=6)  # notebook 05: the stored ids, any order
     test_factors = dataset_factors(world.test, world.factor_names, n=len(world.test) // 2)
-    assert {n: int(v.max()) for n, v in factors.items()} == {n: int(v.max()) for n, v in test_factors.items()}
-    shown = feature_concepts(index, test_factors)
-    for i in range(len(drawn.units_U)):
-        assert (shown[i].factor, shown[i].value) == (drawn.concepts.factor_U[i], int(drawn.concepts.value_U[i]))
-        # the share is the count of top images carrying the value, recomputed here
-        ids = drawn.search.ids_UK[i].numpy()
-        assert shown[i].count == int((test_factors[shown[i].factor][ids] == shown[i].value).sum())
+    for i, u in enumerate(drawn.units_U.tolist()):
+        shown = insp.concepts[u]
+        assert (shown.factor, shown.value) == (drawn.concepts.factor_U[i], int(drawn.concepts.value_U[i]))
+        j = len(drawn.units_U) - 1 - i
+        assert (again.factor_U[j], int(again.value_U[j])) == (shown.factor, shown.value)
+        ids = drawn.search.ids_UK[i].numpy()  # notebook 04's top images of the unit
+        assert shown.count == int((test_factors[shown.factor][ids] == shown.value).sum()) and shown.of == 6

@@ -24,7 +24,7 @@ def test_concept_accuracy_counts_matching_reads():
     images = torch.zeros(2, 3, 1, 2, 2)
     images[1] = 1.0
     read = lambda x: {"digit": torch.tensor([7, 7, 2, 5, 5, 5]), "colour": (x.flatten(1)[:, 0] > 0).long()}
-    acc = concept_accuracy(read, images, Concepts(("digit", "colour"), np.array([7, 1]), np.ones(2)))
+    acc = concept_accuracy(read, images, Concepts(("digit", "colour"), np.array([7, 1]), np.ones(2), np.array([4, 4]), 4))
     np.testing.assert_allclose(acc, [2 / 3, 1.0])
 
 

@@ -13,12 +13,14 @@ import numpy as np
 import pytest
 import torch
 
+from klsc_lib.analysis.explanation_metrics import unit_concepts
 from klsc_lib.diffusion.guidance import GuidanceConfig
+from klsc_lib.energies.units import Units
 from klsc_lib.energies import feature_score
 from klsc_lib.samples_store import SamplesStore
 from klsc_lib.sae.topk_index import TopKIndex
 from klsc_lib.viz.inspector import FeatureInspector, count_images
-from klsc_lib.viz.inspector_data import FeatureNotes, SampleBatch, feature_concepts, find_stores, to_png
+from klsc_lib.viz.inspector_data import FeatureNotes, SampleBatch, find_stores, to_png
 
 from _tiny_world import tiny_transcoder, tiny_world
 
@@ -64,17 +66,14 @@ class FakeSampler:
 
 # ---------------------------------------------------------------- data helpers
 def test_concept_is_the_most_shared_value_chance_corrected():
-    index = TopKIndex(n_units=3, k=4)
-    index.update_scores(torch.tensor([[4.0, 1, 0], [3, 1, 0], [2, 1, 0], [1, 1, 0]]), torch.arange(4))
     # image factors: 'size' (2 values) is shared 3/4, 'colour' (4 values) shared 3/4 as well:
     # chance-corrected, colour wins (3/4 of 4 values beats 3/4 of 2 values).
     factors = {"size": np.array([0, 0, 0, 1]), "colour": np.array([2, 2, 2, 0])}
-    concepts = feature_concepts(index, factors, value_names={"colour": ["red", "green", "blue"]})
-    assert concepts[0].label == "colour=blue" and (concepts[0].count, concepts[0].of) == (3, 4)
-    assert 2 in concepts  # unit 2 scored 0 on every image but still saw them
-    assert feature_concepts(TopKIndex(3, 4), factors) == {}  # an empty index has no concepts
-    with pytest.raises(ValueError, match="factor labels"):
-        feature_concepts(index, {"size": np.array([0, 1])})
+    found = unit_concepts(np.array([[0, 1, 2, 3]]), factors, {"size": 2, "colour": 4})
+    assert found.factor_U == ("colour",) and (int(found.count_U[0]), found.top_k) == (3, 4)
+    assert found.label(0, {"colour": ["red", "green", "blue"]}) == "colour=blue" and found.label(0) == "colour=2"
+    # chance-corrected purity: (3/4 - 1/4) / (1 - 1/4) for colour
+    assert found.purity_U[0] == pytest.approx((0.75 - 0.25) / 0.75)
 
 
 def test_notes_round_trip_search_csv_and_bad_file(tmp_path):
@@ -125,10 +124,16 @@ def test_shows_a_feature_with_its_top_images_and_concept(tiny, tmp_path):
     assert insp.feature == 5 and ">5</span>" in insp.header.value
     ids = index.top_ids(5)[: insp.k]
     assert count_images(insp.topk_box) == len(ids) and captions(insp.topk_box)[0].startswith(f"#{ids[0]} ")
-    # the header's concept, checked against the test items' own labels
+    # the header's concept, checked against the labels of the feature's top images by psi
+    # over the first half of the test items (notebook 04's search), ranked here by brute force
     factor, value = re.search(r"concept: <b>(\w+)=(\w+)</b> \((\d+)/", insp.header.value).groups()[:2]
-    count = int(re.search(r"\((\d+)/\d+ top", insp.header.value).group(1))
-    assert count == sum(world.test[i][1][factor] == int(value) for i in ids)
+    count, of = map(int, re.search(r"\((\d+)/(\d+) top", insp.header.value).groups())
+    half = len(world.test) // 2
+    units = Units("Feature", world.backbone, model, image_size=world.image_size)
+    with torch.no_grad():
+        psi_N = units.energy(torch.full((half,), 5))(world.test.images[:half])
+    top = psi_N.argsort(descending=True, stable=True)[:of].tolist()
+    assert of == 20 and count == sum(world.test[i][1][factor] == int(value) for i in top)
     assert insp.error == "no samples store given: only generated samples are shown"
     assert bytes(insp.histogram.value).startswith(b"\x89PNG")
 

@@ -54,15 +54,16 @@ def smoke_feature(smoke_world) -> tuple[int, int]:
     """Notebook 03's smoke transcoder and index, cached, and the feature to open: the
     purest (its concept shared by most of its top images), ties to the strongest.
     Returns (feature, top-k images the inspector shows)."""
-    from klsc_lib.analysis.monosemanticity import dataset_factors
+    from klsc_lib.energies.units import Units
+    from klsc_lib.profiles import get_profile
     from klsc_lib.viz.inspector_data import feature_concepts
 
     from _smoke_transcoder import smoke_transcoder
 
-    cfg, world, _, index = smoke_transcoder(smoke_world)
-    factors = dataset_factors(world.test, tuple(world.factor_names), int(index.ids_UK.max()) + 1)
-    concepts = feature_concepts(index, factors, cfg.grid_k, world.value_names)
-    feature = max(concepts, key=lambda f: (concepts[f].share, float(index.scores_UK[f, 0])))
+    cfg, world, fitted, index = smoke_transcoder(smoke_world)
+    units = Units("Feature", world.backbone, fitted.model, image_size=world.image_size)
+    concepts = feature_concepts(units, world, get_profile("04_energydps", "smoke").top_k, world.value_names)
+    feature = max(concepts, key=lambda f: (concepts[f].purity, float(index.scores_UK[f, 0])))
     return feature, cfg.grid_k
 
 
@@ -78,10 +79,12 @@ def _notebook(k: int, store_root: Path, notes: Path, profile: str = "smoke", ste
         f"sys.path.insert(0, {str(ROOT / 'tests')!r})",
         "from _smoke_transcoder import profile_transcoder",
         "from klsc_lib.diffusion.guidance import GuidanceConfig",
+        "from klsc_lib.profiles import get_profile",
         "from klsc_lib.viz.inspector import FeatureInspector",
         f"_, world, fitted, index = profile_transcoder({profile!r})  # from $KLSC_CACHE",
         f"FeatureInspector(world, fitted, index, {str(store_root)!r}, notes_path={str(notes)!r}, k={k}, "
-        f"guidance=GuidanceConfig.fast({steps}), n_samples={N_SAMPLES})",
+        f"guidance=GuidanceConfig.fast({steps}), n_samples={N_SAMPLES}, "
+        f"concept_k=get_profile('04_energydps', {profile!r}).top_k)",
     ])
     cell = {"cell_type": "code", "execution_count": None, "metadata": {}, "outputs": [], "source": source}
     return {"cells": [cell], "metadata": {"kernelspec": {"name": "klsc", "display_name": "Python (klsc)",
@@ -96,8 +99,8 @@ def _default_case() -> tuple[int, int, Path]:
 
     from klsc_lib.analysis.explanation_metrics import concept_accuracy
     from klsc_lib.energies.units import Units
-    from klsc_lib.explain import stored_samples
-    from klsc_lib.studies.nb04_energydps import true_concepts, world_reader
+    from klsc_lib.explain import stored_samples, true_concepts
+    from klsc_lib.studies.nb04_energydps import world_reader
     from klsc_lib.profiles import get_profile
     from klsc_lib.profiles.nb04_energydps import samples_stores
 
@@ -157,7 +160,7 @@ def test_inspector_in_jupyterlab(chromium, request, tmp_path):
     if PROFILE == "default":
         feature, k, store_root = _default_case()
         steps, slow = DEFAULT_STEPS, 4  # a 1.74 M-parameter prior on the CPU: allow more time
-        presses, height = 20, 2600  # strength / 10 (Jacobian-free guidance at full strength leaves colour noise);
+        presses, height = 2, 2600  # strength x 10^-0.1 (a small move that asks for new samples);
         # a viewport tall enough for the whole inspector, so the element screenshot is not overdrawn
     else:
         smoke_world = request.getfixturevalue("smoke_world")

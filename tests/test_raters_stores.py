@@ -15,7 +15,8 @@ from klsc_lib.analysis.raters.simulate import concept_fraction, stored_sample_se
 from klsc_lib.energies.units import Units
 from klsc_lib.interfaces import HookedBackbone
 from klsc_lib.profiles.nb04_energydps import samples_stores
-from klsc_lib.studies.nb04_energydps import true_concepts
+from klsc_lib.explain import true_concepts
+from klsc_lib.studies.nb05_rater_study import stored_study_sets
 from klsc_lib.samples_store import SamplesStore
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -61,7 +62,7 @@ def test_stored_sets_take_the_first_four_images_and_their_truth_counts_the_conce
         stored_sample_sets([energy], {("Feature", 99): ("colour", 0)}, _read_colour([]))
 
 
-def test_true_concepts_are_the_factor_a_neuron_fires_on():
+def _colour_world():
     """Neuron c of an identity 1x1 convolution is channel c, which is high exactly on colour-c
     images; the second factor is drawn independently of the images."""
     g = torch.Generator().manual_seed(0)
@@ -77,11 +78,35 @@ def test_true_concepts_are_the_factor_a_neuron_fires_on():
     with torch.no_grad():  # identity 1x1 convolution
         net.block.weight.copy_(torch.eye(3)[:, :, None, None])
         net.block.bias.zero_()
-    world = SimpleNamespace(train=train, test=test, factor_names=("colour", "shade"))
-    units = Units("Neuron", HookedBackbone(net, "block", preprocess=lambda x: x), image_size=8)
+    backbone = HookedBackbone(net, "block", preprocess=lambda x: x)
+    read = SimpleNamespace(read=_read_colour([]))
+    return SimpleNamespace(train=train, test=test, factor_names=("colour", "shade"), backbone=backbone,
+                           image_size=8, factor_reader=read)
+
+
+def test_true_concepts_are_the_factor_a_neuron_fires_on():
+    world = _colour_world()
+    units = Units("Neuron", world.backbone, image_size=8)
     concepts = true_concepts(units, [2, 0, 1], world, k=10)
     assert concepts.factor_U == ("colour",) * 3 and concepts.value_U.tolist() == [2, 0, 1]
     assert concepts.purity_U.tolist() == pytest.approx([1.0] * 3)
+    assert concepts.count_U.tolist() == [10] * 3 and concepts.top_k == 10
+
+
+def test_notebook05_sets_carry_notebook04s_concepts_and_their_truth(tmp_path):
+    """Notebook 05's path end to end: concepts of the stored units (features and neurons,
+    here both the identity convolution's channels) and each set's truth, by hand."""
+    world = _colour_world()
+    stores = {("EnergyDPS", "Feature"): SamplesStore("EnergyDPS", "Feature", {"a": 1}, root=tmp_path),
+              ("MACO", "Feature"): SamplesStore("MACO", "Feature", {"a": 1}, root=tmp_path),
+              ("EnergyDPS", "Neuron"): SamplesStore("EnergyDPS", "Neuron", {"a": 1}, root=tmp_path)}
+    stores["EnergyDPS", "Feature"].put(2, _images([2, 2, 0, 2]), torch.zeros(4))  # 3/4 show colour 2
+    stores["MACO", "Feature"].put(2, _images([1, 0, 0, 0]), torch.zeros(4))  # none does
+    stores["EnergyDPS", "Neuron"].put(0, _images([0, 1, 1, 1]), torch.zeros(4))  # 1/4 shows colour 0
+    stored = stored_study_sets(stores, world, Units("Neuron", world.backbone, image_size=8), top_k=10)
+    assert stored.concepts == {"feature_2": ("colour", 2), "neuron_0": ("colour", 0)}
+    assert stored.truth == {("feature_2", "EnergyDPS", "Feature"): 0.75, ("feature_2", "MACO", "Feature"): 0.0,
+                            ("neuron_0", "EnergyDPS", "Neuron"): 0.25}
 
 
 def test_missing_notebook04_stores_stop_with_the_command_to_run(tmp_path):

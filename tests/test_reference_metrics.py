@@ -107,7 +107,7 @@ def test_pool_concepts_find_the_planted_factor_and_skip_excluded_images():
 
 
 def test_gated_concept_accuracy_counts_unreadable_samples_as_misses():
-    concepts = Concepts(("colour",), np.array([1]), np.array([1.0]))
+    concepts = Concepts(("colour",), np.array([1]), np.array([1.0]), np.array([4]), 4)
     probs = torch.tensor([[[0.02, 0.95, 0.02, 0.01],  # confident, right
                            [0.95, 0.02, 0.02, 0.01],  # confident, wrong
                            [0.30, 0.40, 0.20, 0.10],  # right but unsure: a miss

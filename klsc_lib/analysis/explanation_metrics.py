@@ -32,11 +32,21 @@ class Concepts:
     factor_U: tuple[str, ...]
     value_U: np.ndarray
     purity_U: np.ndarray  # chance-corrected: 0 = chance, 1 = every top image shares the value
+    count_U: np.ndarray  # how many of the unit's top images carry the value
+    top_k: int  # top images read per unit
 
     def subset(self, idx: Sequence[int]) -> "Concepts":
         """The concepts of the units at positions ``idx``."""
         idx = list(idx)
-        return Concepts(tuple(self.factor_U[i] for i in idx), self.value_U[idx], self.purity_U[idx])
+        return Concepts(tuple(self.factor_U[i] for i in idx), self.value_U[idx], self.purity_U[idx],
+                        self.count_U[idx], self.top_k)
+
+    def label(self, i: int, value_names: Mapping[str, Sequence[object]] | None = None) -> str:
+        """``"factor=value"`` of the unit at position ``i``, the value named where
+        ``value_names[factor]`` names it."""
+        factor, value = self.factor_U[i], int(self.value_U[i])
+        names = (value_names or {}).get(factor)
+        return f"{factor}={names[value] if names is not None and value < len(names) else value}"
 
 
 def unit_concepts(top_ids_UK: np.ndarray, factors: Mapping[str, np.ndarray],
@@ -47,9 +57,10 @@ def unit_concepts(top_ids_UK: np.ndarray, factors: Mapping[str, np.ndarray],
     mono = monosemanticity(top_ids_UK, dict(factors), dict(factor_sizes))
     names = mono.factor_names
     factor_U = tuple(names[j] for j in mono.best_factor_U)
-    value_U = np.array([np.bincount(factors[f][row], minlength=factor_sizes[f]).argmax()
-                        for f, row in zip(factor_U, top_ids_UK)])
-    return Concepts(factor_U, value_U, mono.score_U)
+    counts = [np.bincount(factors[f][row], minlength=factor_sizes[f]) for f, row in zip(factor_U, top_ids_UK)]
+    value_U = np.array([c.argmax() for c in counts], dtype=int)
+    return Concepts(factor_U, value_U, mono.score_U, np.array([c.max() for c in counts], dtype=int),
+                    top_ids_UK.shape[1])
 
 
 @torch.no_grad()

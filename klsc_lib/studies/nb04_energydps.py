@@ -1,8 +1,8 @@
 """Notebook 04's studies (paper Sec 3.1-3.3, App L.2-L.5, Table 7, 10, 11) on top of the
 reusable explanation runs of :mod:`klsc_lib.explain`:
 
-- :func:`draw_units` / :func:`true_concepts`: the random features explained and each
-  one's ground-truth concept (the best factor of its top real images);
+- :func:`draw_units`: the random features explained and each one's ground-truth
+  concept (:func:`klsc_lib.explain.true_concepts`);
 - :func:`world_reader`: the world's factor reader, else nearest real images in pixels;
 - :func:`explain_neurons`: EnergyDPS on random backbone neurons (Table 7);
 - :func:`strength_ablation` (Table 10), :func:`object_drift` (App L.5),
@@ -17,14 +17,14 @@ from typing import Callable, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from klsc_lib.analysis.explanation_metrics import Concepts, PixelKNNReader, unit_concepts
+from klsc_lib.analysis.explanation_metrics import Concepts, PixelKNNReader
 from klsc_lib.analysis.monosemanticity import dataset_factors
 from klsc_lib.baselines.dataset_search import DatasetSearchResult
 from klsc_lib.diffusion.energy_dps import sample_energy_dps, sample_units
 from klsc_lib.diffusion.guidance import GuidanceConfig, sample_seeds, unit_seeds
 from klsc_lib.energies import Energy
 from klsc_lib.energies.units import Units
-from klsc_lib.explain import RunResult, explain, run_energy_dps, topk_targets
+from klsc_lib.explain import RunResult, explain, run_energy_dps, search_concepts, topk_targets
 from klsc_lib.interfaces import FactorReader, Prior, World
 from klsc_lib.runtime import CostMeter
 from klsc_lib.samples_store import SamplesStore
@@ -39,21 +39,6 @@ def world_reader(world: World, n_reference: int = 5000) -> FactorReader:
     ref = torch.stack([world.train[i][0] for i in range(n)])
     return FactorReader(PixelKNNReader(ref, dataset_factors(world.train, world.factor_names, n=n)),
                         lambda x: x.flatten(1), "pixels")
-
-
-def _concepts_of(search: DatasetSearchResult, world: World, half: int) -> Concepts:
-    """Concepts of the searched units, over the first ``half`` of ``world.test``."""
-    sizes = {n: int(v.max()) + 1 for n, v in dataset_factors(world.train, world.factor_names).items()}
-    return unit_concepts(search.ids_UK.numpy(), dataset_factors(world.test, world.factor_names, n=half), sizes)
-
-
-def true_concepts(units: Units, units_U: Sequence[int] | torch.Tensor, world: World, k: int = 20) -> Concepts:
-    """Each unit's true concept as notebook 04 fixes it (Sec 3.2-3.3): the best factor by
-    chance-corrected purity over the unit's top-``k`` images in the first half of
-    ``world.test`` (:func:`~klsc_lib.analysis.explanation_metrics.unit_concepts`)."""
-    half = len(world.test) // 2
-    search, _ = topk_targets(units, units.check(units_U), torch.stack([world.test[i][0] for i in range(half)]), k=k)
-    return _concepts_of(search, world, half)
 
 
 @dataclass
@@ -74,7 +59,7 @@ def draw_units(units: Units, world: World, n_units: int, generator: torch.Genera
     """``n_units`` random units that fire on all of their top-``k`` images in the first
     half of ``world.test`` (drawn from ``4 n_units`` random ids, kept in draw order):
     dataset search on the same psi, the matched target t_U = mean psi of the top
-    ``k_target`` (Sec 3.2) and each unit's concept (as :func:`true_concepts`)."""
+    ``k_target`` (Sec 3.2) and each unit's concept (as :func:`~klsc_lib.explain.true_concepts`)."""
     half = len(world.test) // 2
     pool = torch.randperm(units.count, generator=generator)[:4 * n_units]
     search, t_pool = topk_targets(units, pool, torch.stack([world.test[i][0] for i in range(half)]), k=k,
@@ -82,7 +67,7 @@ def draw_units(units: Units, world: World, n_units: int, generator: torch.Genera
     eligible = (search.psi_UK[:, -1] > 0).nonzero().flatten()
     keep = eligible[:n_units]
     kept = DatasetSearchResult(search.psi_UK[keep], search.ids_UK[keep], search.images_UKCHW[keep])
-    return UnitDraw(pool[keep], t_pool[keep], kept, _concepts_of(kept, world, half), len(pool), len(eligible))
+    return UnitDraw(pool[keep], t_pool[keep], kept, search_concepts(kept, world), len(pool), len(eligible))
 
 
 def explain_neurons(store: SamplesStore, world: World, n_units: int, generator: torch.Generator,

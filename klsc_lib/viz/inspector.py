@@ -31,7 +31,6 @@ import torch
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter
 
-from klsc_lib.analysis.monosemanticity import dataset_factors
 from klsc_lib.interfaces import World
 from klsc_lib.diffusion.guidance import GuidanceConfig, sample_seeds
 from klsc_lib.runtime import cache_dir
@@ -42,6 +41,7 @@ from klsc_lib.sae.transcoder import Transcoder
 from klsc_lib.viz.inspector_data import (Concept, FeatureNotes, SampleBatch, feature_concepts, find_stores,
                                          peak_code, sample_feature, to_png)
 from klsc_lib.energies import feature_score
+from klsc_lib.energies.units import Units
 
 PX = 88  # displayed image side, pixels
 ERROR_STYLE = "color:#a40000;background:#fdecea;padding:4px 8px;border-radius:4px"
@@ -73,14 +73,16 @@ class FeatureInspector:
     ``notes_path`` defaults to ``notes.json`` in the transcoder's cache folder (for a bare
     transcoder: ``$KLSC_CACHE/notes/features.json``). Generated samples follow ``guidance``
     (default :meth:`GuidanceConfig.fast`, notebook 04's), with the strength (x the paper's
-    total guidance, App J.4) and a fixed cap from the sliders. ``n_factor_images`` test
-    items are read for the concepts."""
+    total guidance, App J.4) and a fixed cap from the sliders. Concepts are notebook
+    04's (:func:`~klsc_lib.explain.true_concepts` over the top ``concept_k`` images by
+    psi; pass notebook 04's ``top_k``), so the same feature carries the same label here,
+    in notebook 04 and in notebook 05."""
 
     def __init__(self, world: World, transcoder: FittedTranscoder | Transcoder, index: TopKIndex,
                  stores: str | Path | Iterable[SamplesStore] | None = None, *, k: int = 8, n_samples: int = 4,
                  guidance: GuidanceConfig = GuidanceConfig.fast(), strip: int = 8,
                  notes_path: str | Path | None = None, initial: int = 0,
-                 seed: int = 0, n_factor_images: int | None = None,
+                 seed: int = 0, concept_k: int = 20,
                  value_names: Mapping[str, Sequence[Any]] | None = None, sampler=sample_feature):
         fitted = transcoder if isinstance(transcoder, FittedTranscoder) else None
         self.world, self.index, self.k, self.n_samples = world, index, k, n_samples
@@ -118,10 +120,9 @@ class FeatureInspector:
                                  "load_or_build_index(fitted, 'features', k) before inspecting")
             self.concepts: dict[int, Concept] = {}
         else:
-            n = n_factor_images or int(index.ids_UK.max()) + 1
-            factors = dataset_factors(world.test, tuple(world.factor_names), n)
+            units = Units("Feature", self.backbone, self.model, image_size=world.image_size)
             names = value_names if value_names is not None else world.value_names
-            self.concepts = feature_concepts(index, factors, k, names)
+            self.concepts = feature_concepts(units, world, concept_k, names)
         self._build()
         self.show(initial)
 
@@ -133,7 +134,7 @@ class FeatureInspector:
             W.Button(description="▶", layout=W.Layout(width="40px"))
         self.random_button = W.Button(description="random", icon="random", layout=W.Layout(width="90px"))
         by_concept: dict[str, list[int]] = {}
-        for f, c in sorted(self.concepts.items(), key=lambda fc: -fc[1].share):
+        for f, c in sorted(self.concepts.items(), key=lambda fc: -fc[1].purity):
             by_concept.setdefault(c.label, []).append(f)
         self._by_concept = by_concept
         self.concept_search = W.Dropdown(options=[("concept…", "")] + [(f"{c} ({len(fs)})", c) for c, fs in
@@ -239,7 +240,7 @@ class FeatureInspector:
         self.header.value = (f"<h3 style='margin:4px 0'>feature <span class='klsc-feature-id'>{self.feature}</span>"
                              f" <small>of {self.n_features}</small></h3>" + (
                                  f"concept: <b>{html.escape(concept.label)}</b> ({concept.count}/{concept.of} top "
-                                 "images)" if concept else "concept: none (no indexed images)") +
+                                 f"images by psi, purity {concept.purity:.2f})" if concept else "concept: none (no indexed images)") +
                              (f" · note: <i>{html.escape(note)}</i>" if note else ""))
         self.note.value = note
         self.note_status.value = ""

@@ -2,10 +2,10 @@
 the ground-truth concept of each feature, the user's notes, the samples stores of a
 cache root, the inspector's own EnergyDPS runs, and images as PNG bytes.
 
-- :func:`feature_concepts`: a feature's concept on a world with known factors = the
-  (factor, value) its top-k real images share most (paper Sec 3.1 (i), App L.1), ranked
-  by chance-corrected share, so a 2-valued factor does not win by chance: the one
-  concept function of notebooks 04 and 05 applied to the index.
+- :func:`feature_concepts`: every feature's concept on a world with known factors, by
+  the one concept function of notebooks 04 and 05
+  (:func:`klsc_lib.explain.true_concepts`: the (factor, value) its top-k real images by
+  psi share most, chance-corrected, paper Sec 3.1 (i), App L.1), as labelled rows.
 - :class:`FeatureNotes`: a short label per feature in a JSON file (written atomically),
   searchable, exportable as CSV. Notes are the reader's reference concept; they never
   enter rater packets (:mod:`klsc_lib.analysis.raters.packets`).
@@ -29,11 +29,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from klsc_lib.analysis.explanation_metrics import unit_concepts
 from klsc_lib.diffusion.energy_dps import sample_units
 from klsc_lib.diffusion.guidance import GuidanceConfig
 from klsc_lib.energies import feature_score
-from klsc_lib.interfaces import HookedBackbone, Prior
+from klsc_lib.energies.units import Units
+from klsc_lib.explain import true_concepts
+from klsc_lib.interfaces import HookedBackbone, Prior, World
 from klsc_lib.paper_values import METHODS
 from klsc_lib.runtime import atomic_write_text
 from klsc_lib.samples_store import STORE_JSON, SamplesStore
@@ -44,45 +45,25 @@ from klsc_lib.sae.transcoder import Transcoder
 # ---------------------------------------------------------------- concepts
 @dataclass(frozen=True)
 class Concept:
-    """The (factor, value) shared by ``count`` of a feature's ``of`` top images."""
+    """The (factor, value) shared by ``count`` of a feature's ``of`` top images, with
+    its chance-corrected purity (0 = chance, 1 = all top images)."""
 
     factor: str
     value: int
     count: int
     of: int
+    purity: float
     label: str  # "colour=red"
 
-    @property
-    def share(self) -> float:
-        return self.count / self.of
 
-
-def feature_concepts(index: TopKIndex, factors: Mapping[str, np.ndarray], top_n: int | None = None,
+def feature_concepts(units: Units, world: World, k: int = 20,
                      value_names: Mapping[str, Sequence[Any]] | None = None) -> dict[int, Concept]:
-    """The concept of every feature with at least one indexed image, as notebooks 04 and
-    05 compute it (:func:`~klsc_lib.analysis.explanation_metrics.unit_concepts`): among its
-    top ``top_n`` images (all k when None), the (factor, value) with the highest
-    chance-corrected share. ``factors[name][image_id]`` is the image's value (a factor's
-    number of values is its largest value + 1, at least 2); ``value_names`` names values."""
-    value_names = value_names or {}
-    sizes = {name: max(int(np.max(v)) + 1, 2) for name, v in factors.items()}
-    concepts: dict[int, Concept] = {}
-    for unit, ids in enumerate(index.ids_UK[:, :top_n].numpy()):
-        ids = ids[ids >= 0]
-        if not len(ids):
-            continue
-        for name, values_N in factors.items():
-            if ids.max() >= len(values_N):
-                raise ValueError(f"image id {int(ids.max())} of feature {unit} is beyond the {len(values_N)} "
-                                 f"factor labels of {name!r}: pass the factors of the indexed images")
-        row = np.repeat(ids, 2) if len(ids) == 1 else ids  # one image: shares as with two copies of it
-        found = unit_concepts(row[None], factors, sizes)
-        name, value = found.factor_U[0], int(found.value_U[0])
-        names = value_names.get(name)
-        shown = names[value] if names is not None and value < len(names) else value
-        count = int((factors[name][ids] == value).sum())
-        concepts[unit] = Concept(name, value, count, len(ids), f"{name}={shown}")
-    return concepts
+    """The concept of every unit in ``units`` (a feature id -> :class:`Concept`) as
+    notebooks 04 and 05 fix it: :func:`~klsc_lib.explain.true_concepts` with the same
+    ``k`` (notebook 04's ``top_k``); ``value_names`` names factor values."""
+    found = true_concepts(units, torch.arange(units.count), world, k)
+    return {u: Concept(found.factor_U[u], int(found.value_U[u]), int(found.count_U[u]), found.top_k,
+                       float(found.purity_U[u]), found.label(u, value_names)) for u in range(units.count)}
 
 
 # ---------------------------------------------------------------- notes

@@ -88,6 +88,11 @@ def planted_sample_sets(dataset, unit_concepts: Mapping[str, Concept], purity: M
     return sets, item_factors
 
 
+def set_name(unit_kind: str, unit: int) -> str:
+    """The unit name of a stored unit's sample set, e.g. ``"feature_81"``."""
+    return f"{unit_kind.lower()}_{unit}"
+
+
 def stored_sample_sets(stores: Iterable[SamplesStore], concepts: Mapping[tuple[str, int], Concept],
                        read: Callable[[torch.Tensor], Mapping[str, torch.Tensor]], n_images: int = 4,
                        ) -> tuple[list[SampleSet], dict[Item, list[dict[str, int]]]]:
@@ -100,7 +105,7 @@ def stored_sample_sets(stores: Iterable[SamplesStore], concepts: Mapping[tuple[s
     ``{factor: (B,) value ids}``; it runs once on all images. Returns what
     :func:`planted_sample_sets` returns, so :func:`concept_fraction` gives each item's truth.
     """
-    sets = [SampleSet(f"{st.unit_kind.lower()}_{u}", st.method, st.get(u).images_BCHW[:n_images].float(),
+    sets = [SampleSet(set_name(st.unit_kind, u), st.method, st.get(u).images_BCHW[:n_images].float(),
                       st.unit_kind) for st in stores for u in st.units() if (st.unit_kind, u) in concepts]
     if not sets:
         raise ValueError(f"none of the stored units has a concept (concepts are given for {len(concepts)} units)")
