@@ -12,7 +12,8 @@ from torch import nn
 from klsc_lib.diffusion.energy_dps import NonFiniteGuidance, sample_energy_dps
 from klsc_lib.diffusion.guidance import GuidanceConfig
 from klsc_lib.diffusion.gmm_oracle import GaussianMixture, gmm_oracle_prior
-from klsc_lib.diffusion.samplers import initial_noise, sample_ddim, sample_ddpm, spaced_timesteps
+from klsc_lib.diffusion.samplers import (ancestral_step, initial_noise, resolve_generators, sample_ddim, sample_ddpm,
+                                         spaced_timesteps, step_alphas)
 from klsc_lib.energies import Energy, angular_energy, feature_score
 from klsc_lib.interfaces import DDPMSchedule, Prior
 from klsc_lib.worlds.gmm import four_mode_gmm
@@ -77,7 +78,8 @@ def test_batch_of_mixed_features_equals_single_runs_on_an_image_prior(sampler, j
     single = torch.cat([sample_energy_dps(prior, feature_score(backbone, tc, int(u)), cfg, generators=[s], **kw)
                         for u, s in zip(units, [7, 8, 9])])
     torch.testing.assert_close(batch, single, rtol=1e-4, atol=1e-5)
-    unguided = sample_ddpm(prior.eps, initial_noise((3, 16, 16), [7, 8, 9]), SCHEDULE, generator=[7, 8, 9],
+    gens = resolve_generators([7, 8, 9])
+    unguided = sample_ddpm(prior.eps, initial_noise((3, 16, 16), gens), SCHEDULE, generator=gens,
                            timesteps=spaced_timesteps(SCHEDULE, 8), clip_x0=(-1.0, 1.0), disable=True)
     assert not torch.allclose(batch, unguided, atol=1e-3)
 
@@ -85,13 +87,30 @@ def test_batch_of_mixed_features_equals_single_runs_on_an_image_prior(sampler, j
 def test_lambda_zero_is_the_unguided_sampler_bit_for_bit():
     prior, energy = gmm_oracle_prior(four_mode_gmm(), SCHEDULE), angular_energy()
     seeds = list(range(6))
-    x_T = initial_noise((2,), seeds, dtype=F64)
+    gens = resolve_generators(seeds)  # one stream per sample: x_T, then every step's noise
+    x_T = initial_noise((2,), gens, dtype=F64)
     ddim = sample_energy_dps(prior, energy, replace(UNCAPPED, sampler="ddim", eta=0.3), lam_B=0.0, generators=seeds,
                              dtype=F64, disable=True)
-    assert torch.equal(ddim, sample_ddim(prior.eps, x_T, SCHEDULE, generator=seeds, timesteps=STEPS, eta=0.3,
+    assert torch.equal(ddim, sample_ddim(prior.eps, x_T, SCHEDULE, generator=gens, timesteps=STEPS, eta=0.3,
                                          disable=True))
+    gens = resolve_generators(seeds)
+    x_T = initial_noise((2,), gens, dtype=F64)
     ddpm = sample_energy_dps(prior, energy, UNCAPPED, lam_B=0.0, generators=seeds, dtype=F64, disable=True)
-    assert torch.equal(ddpm, sample_ddpm(prior.eps, x_T, SCHEDULE, generator=seeds, timesteps=STEPS, disable=True))
+    assert torch.equal(ddpm, sample_ddpm(prior.eps, x_T, SCHEDULE, generator=gens, timesteps=STEPS, disable=True))
+
+
+def test_seeded_noise_of_the_first_step_is_a_fresh_draw_not_x_T():
+    """A regression: integer seeds were turned into generators twice, so the first reverse
+    step's noise repeated x_T (correlation 1). Recovered from the chain, it is independent."""
+    prior, seen = gmm_oracle_prior(four_mode_gmm(), SCHEDULE), []
+    sample_energy_dps(prior, angular_energy(), replace(UNCAPPED, num_steps=3), lam_B=0.0,
+                      generators=list(range(300)), dtype=F64, disable=True, callback=seen.append)
+    (t, t_prev), = [(seen[0]["t"], seen[1]["t"])]
+    abar, abar_prev, beta = step_alphas(SCHEDULE, t, t_prev)
+    mean = ancestral_step(SCHEDULE, seen[0]["x"], seen[0]["denoised"], t, t_prev, None)
+    z = (seen[1]["x"] - mean) / (beta * (1 - abar_prev) / (1 - abar)) ** 0.5
+    corr = float(torch.corrcoef(torch.stack([z.flatten(), seen[0]["x"].flatten()]))[0, 1])
+    assert abs(corr) < 0.2 and float(z.std()) == pytest.approx(1.0, abs=0.1)
 
 
 def test_cap_below_every_psi_is_unguided_and_above_is_uncapped():

@@ -40,7 +40,7 @@ import torch
 
 from klsc_lib.diffusion.guidance import GuidanceConfig
 from klsc_lib.diffusion.samplers import (Callback, DenoiserOutput, Generators, Variance, denoise, initial_noise,
-                                         reverse_process, tilted_score_step_size)
+                                         resolve_generators, reverse_process, tilted_score_step_size)
 from klsc_lib.diffusion.speed import to_channels_last
 from klsc_lib.energies.base import Energy, ScoreFn
 from klsc_lib.energies.caps import capped_objective
@@ -158,8 +158,11 @@ def sample_energy_dps(prior: Prior, energy: Energy | ScoreFn, guidance: Guidance
     prior, energy = speed.prior(prior), speed.energy(energy)
     eta = None if guidance.sampler == "ddpm" else guidance.eta
     variance = guidance.variance if eta is None else "posterior"
+    # resolved once: integer seeds become generators whose streams give x_T and then every
+    # step's noise (seeded anew per use, the first step's noise would repeat x_T)
+    gens = resolve_generators(generators, batch_size if x_T is None else x_T.shape[0])
     if x_T is None:
-        x_T = initial_noise(prior.sample_shape, generators, batch_size, dtype, device)
+        x_T = initial_noise(prior.sample_shape, gens, batch_size, dtype, device)
     batch = x_T.shape[0]
     lam = _per_sample(guidance.step_scale(prior.schedule) if lam_B is None else lam_B, batch, x_T, "lam_B")
     cap = guidance.resolve_cap(cap_B)
@@ -180,7 +183,7 @@ def sample_energy_dps(prior: Prior, energy: Energy | ScoreFn, guidance: Guidance
 
     with speed.math():
         x_0 = reverse_process(prior.eps, x_T, schedule, eta=eta, callback=callback, disable=disable,
-                              generator=generators, timesteps=guidance.timesteps(schedule), clip_x0=prior.clip_x0,
+                              generator=gens, timesteps=guidance.timesteps(schedule), clip_x0=prior.clip_x0,
                               variance=variance, guide=guide)
     log.raise_first(energy, batch)
     return x_0
