@@ -22,8 +22,8 @@ def test_rank_counts_write_the_same_bytes_and_a_killed_run_resumes(tmp_path):
     kr = res["kill_and_resume"]
     assert kr["same_bytes_as_1_rank"]
     assert kr["shards_done_before_rerun"] + kr["shards_computed_by_rerun"] == res["shards"]
-    if kr["killed_pid"] is not None:  # killed before the run finished: it failed and the rerun did the rest
-        assert kr["first_exit_code"] != 0 and kr["shards_computed_by_rerun"] >= 1
+    if kr["killed_pid"] is not None:  # killed before the run exited: it failed and the rerun did the rest (none
+        assert kr["first_exit_code"] != 0  # when the kill landed after its last shard: the sum above still holds)
     out = bench.summary(res)
     assert out["ratio"] == res["runs"][1]["efficiency"]
 
