@@ -39,8 +39,9 @@ test: $(STAMP)
 
 # Refresh the README's inspector screenshot (JupyterLab in headless Chromium) on the default world:
 # notebook 03's default transcoder and notebook 04's stored samples, from $KLSC_CACHE (run make figures first).
+# The tests' conftest gives every run a fresh cache unless KLSC_CACHE is set, so it is set here.
 screenshot: $(STAMP)
-	KLSC_INSPECTOR_PROFILE=default KLSC_INSPECTOR_SCREENSHOT=$(CURDIR)/figures/inspector/inspector.png \
+	KLSC_CACHE="$${KLSC_CACHE:-$$HOME/.cache/klsc}" KLSC_INSPECTOR_PROFILE=default KLSC_INSPECTOR_SCREENSHOT=$(CURDIR)/figures/inspector/inspector.png \
 	$(PYTHON) -m pytest -q tests/test_inspector_browser.py
 
 bench: $(STAMP)

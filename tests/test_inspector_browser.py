@@ -115,7 +115,7 @@ def _default_case() -> tuple[int, int, Path]:
     units = Units("Feature", world.backbone, fitted.model, image_size=world.image_size)  # as feature_units
     concepts = true_concepts(units, ids, world, get_profile("04_energydps", "default").top_k)
     images, _ = stored_samples(store, ids)
-    acc = concept_accuracy(world_reader(world), images, concepts)
+    acc = concept_accuracy(world_reader(world).read, images, concepts)
     best = max(range(len(ids)), key=lambda i: (float(acc[i]), float(concepts.purity_U[i])))
     return int(ids[best]), cfg.grid_k, store.folder.parent
 

@@ -22,7 +22,7 @@ import torch
 from klsc_lib.analysis.monosemanticity import monosemanticity
 from klsc_lib.analysis.sample_metrics import diversity, high_frequency_fraction
 
-FactorReader = Callable[[torch.Tensor], Mapping[str, torch.Tensor]]  # images_BCHW -> {factor: value_B}
+ReadFactors = Callable[[torch.Tensor], Mapping[str, torch.Tensor]]  # images_BCHW -> {factor: value_B}
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,7 @@ def unit_concepts(top_ids_UK: np.ndarray, factors: Mapping[str, np.ndarray],
 
 
 @torch.no_grad()
-def concept_accuracy(read: FactorReader, images_UNCHW: torch.Tensor, concepts: Concepts) -> np.ndarray:
+def concept_accuracy(read: ReadFactors, images_UNCHW: torch.Tensor, concepts: Concepts) -> np.ndarray:
     """(U,) fraction of each unit's samples whose read value of the unit's concept
     factor equals the concept value."""
     u, n = images_UNCHW.shape[:2]
@@ -96,7 +96,7 @@ class PixelKNNReader:
 
 
 def per_unit_metrics(images_UNCHW: torch.Tensor, psi_UN: torch.Tensor, target_U: torch.Tensor,
-                     read: FactorReader | None = None, concepts: Concepts | None = None,
+                     read: ReadFactors | None = None, concepts: Concepts | None = None,
                      features: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict[str, np.ndarray]:
     """(U,) arrays: ``psi`` (mean), ``psi_over_t``, ``hf`` (high-frequency fraction),
     ``diversity`` (in ``features`` space, pixels if None; needs >= 2 samples) and,
@@ -132,7 +132,7 @@ Interval = tuple[float, float, float]  # (mean, low, high)
 
 
 def method_table(samples: Mapping[str, tuple[torch.Tensor, torch.Tensor]], target_U: torch.Tensor,
-                 read: FactorReader | None, concepts: Concepts | None,
+                 read: ReadFactors | None, concepts: Concepts | None,
                  spaces: Mapping[str, Callable[[torch.Tensor], torch.Tensor]], real_NCHW: torch.Tensor,
                  seed: int = 0) -> dict[str, dict[str, Interval]]:
     """Table 3 rows: per method (``samples[m] = (images_UNCHW, psi_UN)``) the bootstrap
