@@ -29,7 +29,7 @@ batches that mix units, the strength measured in notebook 04.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Callable, Sequence
 
 import torch
@@ -39,10 +39,11 @@ from klsc_lib.analysis.explanation_metrics import Concepts, unit_concepts
 from klsc_lib.analysis.monosemanticity import dataset_factors
 from klsc_lib.baselines.dataset_search import DatasetSearchResult, dataset_search
 from klsc_lib.baselines.maco import MacoPrior, crop_resize, maco
-from klsc_lib.baselines.proxy_guidance import DDIMChain, proxy_guidance
+from klsc_lib.baselines.proxy_guidance import DDIMChain, classifier_free, proxy_guidance
 from klsc_lib.constraints.calibration import bisect
 from klsc_lib.diffusion.energy_dps import sample_units
-from klsc_lib.diffusion.guidance import SEED_SCHEME, GuidanceConfig, unit_seeds
+from klsc_lib.diffusion.twisted_smc import sample_twisted_smc
+from klsc_lib.diffusion.guidance import SEED_SCHEME, GuidanceConfig, sample_seeds, unit_seeds
 from klsc_lib.energies.units import Units
 from klsc_lib.interfaces import Prior, PromptProxy, World
 from klsc_lib.runtime import CostMeter
@@ -106,11 +107,15 @@ class MacoConfig:
 @dataclass(frozen=True)
 class ProxyConfig:
     """DiffExplainer-style proxy guidance (App J.3.2): Adam on the prompt embedding
-    through a ``chain_steps``-step DDIM chain; steps chosen per unit."""
+    through a ``chain_steps``-step DDIM chain; steps chosen per unit. ``per_unit``: one
+    prompt per unit shared by its samples, fresh noise at every step (eq. 20), else one per
+    sample from fixed noise; ``guidance_scale``: classifier-free guidance of the chain."""
 
     max_steps: int = 30
     lr: float = 0.05
     chain_steps: int = 10
+    per_unit: bool = True
+    guidance_scale: float = 4.0
 
 
 # ---------------------------------------------------------------- results
@@ -126,6 +131,7 @@ class RunResult:
     target_U: torch.Tensor
     seconds: float
     peak_bytes: int
+    info: dict = field(default_factory=dict)  # method-specific diagnostics (e.g. SMC lineages)
 
     @property
     def reached_U(self) -> torch.Tensor:
@@ -196,6 +202,75 @@ def run_energy_dps(prior: Prior, units: Units, units_U: Sequence[int] | torch.Te
                      meter.peak_bytes)
 
 
+def run_tilt(prior: Prior, units: Units, units_U: Sequence[int] | torch.Tensor, target_U: torch.Tensor,
+             lam_U: torch.Tensor, n_per_unit: int, cfg: GuidanceConfig, seed: int = 0,
+             batch_size: int = 64) -> RunResult:
+    """The plug-in tilt (``GuidanceConfig.tilt()``): EnergyDPS with the tilt's own lambda_U per
+    unit (e.g. :func:`klsc_lib.constraints.exact_reference.solve_tilt` on real images' psi at
+    t_U), uncapped, one pass, no calibration; the knob is lambda_U."""
+    if cfg.step_size != "tilted_score" or cfg.cap_rule != "none":
+        raise ValueError("run_tilt samples p e^{lambda psi} with the tilt's lambda: use GuidanceConfig.tilt() "
+                         f"(step_size='tilted_score', cap_rule='none'), got step_size={cfg.step_size!r}, "
+                         f"cap_rule={cfg.cap_rule!r}")
+    units_U = units.check(units_U)
+    lam_U = torch.as_tensor(lam_U, dtype=torch.float32)
+    if lam_U.shape != units_U.shape or not torch.isfinite(lam_U).all():
+        raise ValueError(f"need one finite lambda per unit ({len(units_U)}), got {lam_U.tolist()}")
+    n = n_per_unit
+    with CostMeter() as meter:
+        x, psi = sample_units(prior, units.energy, units_U.repeat_interleave(n), cfg, unit_seeds(seed, units_U, n),
+                              lam_B=lam_U.repeat_interleave(n), batch_size=batch_size, device=units.device)
+    return RunResult("EnergyDPS", units_U, x.reshape(len(units_U), n, *x.shape[1:]), psi.reshape(len(units_U), n),
+                     lam_U, torch.as_tensor(target_U, dtype=torch.float32), meter.seconds, meter.peak_bytes)
+
+
+def run_twisted_smc(prior: Prior, units: Units, units_U: Sequence[int] | torch.Tensor, target_U: torch.Tensor,
+                    lam_U: torch.Tensor, n_per_unit: int, n_particles: int, cfg: GuidanceConfig, seed: int = 0,
+                    anneal: bool = True, units_per_batch: int = 4, independent: bool = False) -> RunResult:
+    """Twisted SMC (:func:`klsc_lib.diffusion.twisted_smc.sample_twisted_smc`) toward each unit's
+    tilt at lambda_U. Shared (default): one population of ``n_particles`` per unit, of which
+    ``n_per_unit`` random ones (after the final resampling) are kept, so kept samples may
+    share a lineage. ``independent``: every kept sample has its own population of
+    ``n_particles`` and is one random particle of it after the final resampling (a draw of
+    that population's weighted law), so kept samples are independent. ``units_per_batch``
+    populations share a batch. The cost counts every particle (seconds per kept sample);
+    ``info`` has per population the distinct lineages behind its particles and its
+    resampling events."""
+    units_U = units.check(units_U)
+    lam_U = torch.as_tensor(lam_U, dtype=torch.float32)
+    if not independent and n_per_unit > n_particles:
+        raise ValueError(f"cannot keep {n_per_unit} of {n_particles} particles per unit")
+    per_pop = 1 if independent else n_per_unit
+    pops = [(u, j, float(lam)) for u, lam in zip(units_U.tolist(), lam_U.tolist())
+            for j in range(n_per_unit if independent else 1)]  # (unit, population index, lambda)
+    xs, psis, ancestors, resamples = [], [], [], []
+    with CostMeter() as meter:
+        for s in tqdm(range(0, len(pops), units_per_batch), desc=f"twisted SMC ({len(pops)} populations x "
+                      f"{n_particles} particles)", disable=None):
+            batch = pops[s:s + units_per_batch]
+            # population j of unit u: particles j * P ... (j + 1) * P - 1 of the unit's seed stream
+            res = sample_twisted_smc(
+                prior, units.energy(torch.tensor([u for u, _, _ in batch]).repeat_interleave(n_particles)), cfg,
+                torch.tensor([lam for _, _, lam in batch]), n_particles,
+                generators=[g for u, j, _ in batch for g in sample_seeds(seed, u, n_particles, j * n_particles)],
+                resample_generators=[torch.Generator().manual_seed(sample_seeds(seed + 1, u, 1, j)[0])
+                                     for u, j, _ in batch],
+                anneal=anneal, device=units.device, disable=True)
+            for k, (u, j, _) in enumerate(batch):
+                keep = torch.randperm(n_particles, generator=torch.Generator().manual_seed(
+                    sample_seeds(seed + 2, u, 1, j)[0]))[:per_pop] + k * n_particles
+                xs.append(res.x_B[keep])
+                psis.append(res.psi_B[keep])
+            ancestors.append(res.ancestors_U)
+            resamples.append(res.resamples_U)
+    shape = (len(units_U), n_per_unit)
+    return RunResult("EnergyDPS", units_U, torch.cat(xs).reshape(*shape, *prior.sample_shape),
+                     torch.cat(psis).reshape(shape), lam_U, torch.as_tensor(target_U, dtype=torch.float32),
+                     meter.seconds, meter.peak_bytes, {"ancestors_U": torch.cat(ancestors),
+                                                       "resamples_U": torch.cat(resamples),
+                                                       "n_particles": n_particles, "independent": independent})
+
+
 # ---------------------------------------------------------------- MACO and proxy guidance
 class _FirstReach:
     """Per unit, the images of the first optimisation step whose mean psi over the
@@ -261,16 +336,19 @@ def run_proxy(proxy: PromptProxy, prior: Prior, units: Units, units_U: Sequence[
               target_U: torch.Tensor, n_per_unit: int, cfg: ProxyConfig = ProxyConfig(), seed: int = 0,
               disable: bool | None = None) -> RunResult:
     """DiffExplainer-style proxy guidance through ``proxy`` (a world's
-    :attr:`~klsc_lib.interfaces.World.prompt_proxy`) with the clip cap at t_U (one prompt
-    embedding per sample); per unit, the first step whose mean psi reaches t_U."""
+    :attr:`~klsc_lib.interfaces.World.prompt_proxy`) with the clip cap at t_U, one prompt
+    per unit over fresh noise (or one per sample, ``cfg.per_unit=False``), classifier-free
+    guidance ``cfg.guidance_scale``; per unit, the first step whose mean psi reaches t_U."""
     units_U, target_U, units_B, energy, pick = _optimisation_setup(units, units_U, target_U, n_per_unit)
     n, device = n_per_unit, units.device
     with CostMeter() as meter:
-        res = proxy_guidance(energy, proxy.eps_given_embedding, proxy.initial(len(units_B)).to(device),
+        res = proxy_guidance(energy, classifier_free(proxy.eps_given_embedding, proxy.initial, cfg.guidance_scale),
+                             proxy.initial(len(units_U) if cfg.per_unit else len(units_B)).to(device),
                              prior.sample_shape,
                              DDIMChain.from_schedule(prior.schedule, cfg.chain_steps), cfg.max_steps, lr=cfg.lr,
                              cap_B=target_U.repeat_interleave(n), clip_x0=prior.clip_x0,
-                             seeds=unit_seeds(seed, units_U, n),
+                             seeds=unit_seeds(seed, units_U, n), samples_per_embedding=n if cfg.per_unit else 1,
+                             fresh_noise=cfg.per_unit,
                              callback=lambda info: pick.offer(info["i"], info["x_BCHW"], info["psi_B"]),
                              disable=disable)
         pick.offer(cfg.max_steps, res.x_BCHW, res.psi_B)

@@ -21,7 +21,10 @@
 # here reads the same psi (the mix-reduced pre-TopK map of a transcoder feature, App J.2)
 # and is calibrated per feature to the same target t, the mean psi of the feature's top-4
 # real images (Sec 3.2): EnergyDPS through its cap c, MACO and the proxy baseline through
-# their number of optimisation steps. The world knows each image's generative factors, so
+# their number of optimisation steps within a fixed budget. The proxy baseline (DiffExplainer-style,
+# App J.3.2) optimises one prompt per feature over fresh noise with classifier-free guidance 4
+# (eq. 20); its prompt space is the mini-world generator's own factor embedding, which knows the
+# ground-truth factors: an advantage no real text prompt has. The world knows each image's generative factors, so
 # a feature's concept is the (factor, value) its top real images share and we can measure
 # whether an explanation shows it. We sample in a **fast configuration** (50 respaced DDPM
 # steps, the gradient through the denoiser, strength x steps half the paper's 1.0 x 1000,
@@ -46,6 +49,7 @@ from dataclasses import replace
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from klsc_lib.analysis.explanation_metrics import concept_accuracy, method_table
 from klsc_lib.analysis.image_metrics import kid
@@ -61,7 +65,8 @@ from klsc_lib.report import Report
 from klsc_lib.runtime import resolve_device, seed_everything
 from klsc_lib.studies.nb04_energydps import (draw_units, explain_neurons, matched_cost, object_drift,
                                             strength_ablation, world_reader)
-from klsc_lib.viz.explanations import column_panels, feature_panels, method_rows, metric_bars, strength_curve, strip
+from klsc_lib.viz.explanations import (column_panels, feature_panels, method_rows, metric_bars, metric_scatter,
+                                      strength_curve, strip)
 from klsc_lib.viz.world import record_world
 from klsc_lib.worlds import load_world
 from klsc_lib.worlds.miniworld.quality import classify
@@ -114,6 +119,7 @@ x_u, psi_u = sample_units(world.prior, units.energy, feats.repeat_interleave(n),
                           replace(cfg.fast, strength=0.0, cap_rule="none"), seeds, batch_size=cfg.batch_size,
                           device=units.device)
 samples["unguided"] = (x_u.reshape(len(feats), n, *x_u.shape[1:]), psi_u.reshape(len(feats), n))
+cost_of = lambda m: stores[m].get(int(feats[0])).meta["seconds_per_sample"]  # noqa: E731  (as measured when drawn)
 
 # %% [markdown]
 # ## Fig 4 analogue: two features, a row per method
@@ -277,6 +283,212 @@ report.claim("energydps_matched", "Sec 3.2", "calibrated EnergyDPS reaches t wit
 # failed both KID claims. With 50 features, gaps of a few hundredths in concept accuracy or KID are
 # within run-to-run noise. Only DiffExplainer's shortfall has held on every run. MACO had the most
 # high frequencies on every earlier prior, but on neither GPU-trained one.
+#
+# ## Table 3 against the exact answer: the KLSC tilt q* of the world's own generator
+# The table above compares methods with each other and with real images. On the mini-world we
+# can do better: draw a pool of fresh images from the world's generator (the data law p itself),
+# score them with the same psi, and solve for each feature the tilt q* ∝ p e^{lambda psi} with
+# E_q* psi = t, the law KLSC asks a sampler to reach (Def. 2.2), and the hard truncation with the
+# same mean. Each method is then scored by how close its samples are to q*, feature by feature,
+# so two methods are compared on the same features (paired bootstrap). The paper's Table 3 used
+# QualiCLIP and NRQM (no-reference quality scores); on 16 px images they mean nothing, so these
+# columns are our substitutes: TV of the factor histograms (read by the factor classifier) to q*'s,
+# on all factors and on the concept factor; Wasserstein-1 of psi to q*'s psi law; KID to q* draws;
+# concept accuracy (the concept from the feature's top pool images, disjoint from the real top-k
+# images; a reading below 0.9 confidence counts as a miss; chance-corrected); the share of
+# off-palette pixels (colours no world image has; 0 on every real image); diversity; cost.
+#
+# First, on separate development features, the EnergyDPS variants against q* (the notebook
+# picks the single-pass variant with the lowest median TV to q* for the reported features).
+
+# %%
+from klsc_lib.studies.feature_reference import feature_references
+from klsc_lib.studies.nb04_energydps import reach, sampler_candidates
+from klsc_lib.studies.reference_table import concept_names, exact_samples, prior_reweighted, reference_table
+from klsc_lib.worlds.miniworld.factor_classifier import factor_probabilities
+
+probs_of = lambda x: factor_probabilities(world.factor_classifier, x.to(dev))  # noqa: E731
+candidates = sampler_candidates(world.prior, units, cfg.fast, cfg.tilt, cfg.smc_particles, cfg.smc_population, seed,
+                                cfg.batch_size)
+g_dev = torch.Generator().manual_seed(seed + 1)
+dev_draw = draw_units(units, world, 2 * cfg.n_dev_features + len(feats), g_dev, cfg.top_k, cfg.k_target)
+dev_feats = torch.tensor([u for u in dev_draw.units_U.tolist() if u not in set(feats.tolist())][:cfg.n_dev_features])
+dev_refs = feature_references(world, cfg.recipe, dev_feats, cfg.n_pool, seed=seed, device=dev)
+dev_lam = torch.tensor([r.tilt.knob for r in dev_refs.refs])
+dev_runs = {name: run(dev_feats, dev_refs.target_U, dev_lam, cfg.n_dev_samples)
+            for name, run in tqdm(candidates.items(), desc="development candidates")}
+dev_table = reference_table({"q*": exact_samples(dev_refs, cfg.n_dev_samples, seed=seed),
+                             **{k: (r.images_UNCHW, r.psi_UN) for k, r in dev_runs.items()}},
+                            dev_refs, probs_of, reader.features, seed=seed)
+dev_tv = dev_table.median("tv_mean")
+smc_variants = [k for k in candidates if k.startswith("twisted SMC")]
+chosen = min([k for k in candidates if k not in smc_variants], key=dev_tv.get)
+smc_chosen = min(smc_variants, key=dev_tv.get)
+for k, row in dev_table.summary(seed).items():
+    cost = f", {dev_runs[k].seconds_per_sample:.2f} s/sample" if k in dev_runs else ""
+    print(f"{k:>17}: median TV {dev_tv[k]:.3f}, " + ", ".join(f"{m} {v[0]:.3f}" for m, v in row.items()) + cost)
+print("chosen:", chosen, "; SMC variant:", smc_chosen)
+report.metric("dev_candidates", {k: {**{m: v[0] for m, v in row.items()}, "median_tv": dev_tv[k],
+                                     **({"s_per_sample": dev_runs[k].seconds_per_sample} if k in dev_runs else {})}
+                                 for k, row in dev_table.summary(seed).items()},
+              note=f"{len(dev_feats)} development features x {cfg.n_dev_samples} samples; chosen: {chosen}, "
+                   f"{smc_chosen}")
+report.metric("dev_chosen", {"single pass": chosen, "SMC": smc_chosen})
+
+# %% [markdown]
+# **What we see** (a development run of this section on `default`, 8 development features x 8
+# samples; the committed figures predate the section and are regenerated with it next). Against
+# q*, whose own 8 draws sit at a median TV of 0.20 (the floor that 8 samples allow), every
+# single-pass variant stays near the unguided prior: median TV 0.377 for the capped configuration
+# of the table above (1.27 s per sample, calibration included), 0.379 for the tilt at the pool's
+# lambda (0.24 s per sample; it reaches only 0.57 t, the plug-in's usual shortfall), the same
+# 0.379 with the release's un-denoised final shift (which changes almost nothing here), and 0.342
+# with lambda doubled (1.07 t), which that run chose. The shared-population twisted SMC reaches
+# the concept best (concept accuracy 0.37 against q*'s 0.54 and at most 0.12 for the others) but
+# its 32 particles collapse onto a few lineages, so its factor histograms are the farthest from
+# q* (0.56). The independent-population variant (one population of 8 particles per kept sample,
+# the same cost) is new in this version and not yet measured. The variants the review named that
+# are not here (per-sample gradient normalisation, psi averaged over shifted copies of x0-hat,
+# the full-image reduction, self-recurrence) are not built yet.
+#
+# Now the reported features: each row's samples against each feature's q*. The tilt's lambda
+# comes from the pool (fresh images of the world: on a real model, the same solve on the real
+# images' psi that dataset search computes anyway); the capped row is the stored EnergyDPS above.
+
+# %%
+refs = feature_references(world, cfg.recipe, feats, cfg.n_pool, seed=seed, device=dev)
+lam = torch.tensor([r.tilt.knob for r in refs.refs])
+summ = refs.summary()
+ess, kl = np.array([r["tilt_ess"] for r in summ]), np.array([r["tilt_kl"] for r in summ])
+print(f"q* of {len(feats)} features on {cfg.n_pool} pool images: lambda {lam.min():.1f}-{lam.max():.1f}, ESS median "
+      f"{np.median(ess):.0f} (min {ess.min():.0f}), KL(q*||p) median {np.median(kl):.2f} nats")
+report.metric("exact_reference", {"n_pool": cfg.n_pool, "lambda_median": lam.median(), "ess_median": np.median(ess),
+                                  "ess_min": ess.min(), "kl_median": np.median(kl)})
+prior_rw = prior_reweighted(world.prior, units.scores(feats), refs, cfg.n_prior_draws, n, cfg.tilt, seed,
+                            cfg.batch_size, units.device)
+print(f"the learned prior's own tilt at t, on {cfg.n_prior_draws} unguided draws: ESS median "
+      f"{prior_rw.ess_U.median():.1f} (min {prior_rw.ess_U.min():.1f}); t above every draw for "
+      f"{int(prior_rw.at_lambda_U.sum())} features (q*'s lambda used there)")
+report.metric("prior_reweighted", {"n_draws": cfg.n_prior_draws, "ess_median": prior_rw.ess_U.median(),
+                                   "ess_min": prior_rw.ess_U.min(), "at_lambda": int(prior_rw.at_lambda_U.sum())})
+ours = f"EnergyDPS ({chosen})" if chosen != "capped" else "EnergyDPS (capped)"
+extra = {ours: candidates[chosen](feats, target, lam, n)} if chosen != "capped" else {}
+extra["EnergyDPS (twisted SMC)"] = candidates[smc_chosen](feats, target, lam, n)
+rows_x = {"q*": exact_samples(refs, n, seed=seed), "truncation": exact_samples(refs, n, "truncation", seed=seed),
+          "prior, reweighted": prior_rw.samples,
+          "TopK": (samples["TopK"][0][:, :n], samples["TopK"][1][:, :n]), "EnergyDPS (capped)": samples["EnergyDPS"],
+          **{k: (r.images_UNCHW, r.psi_UN) for k, r in extra.items()},
+          "MACO": samples["MACO"], "DiffExplainer": samples["DiffExplainer"], "unguided": samples["unguided"]}
+exact = reference_table(rows_x, refs, probs_of, reader.features, seed=seed)
+cost_x = {"EnergyDPS (capped)": cost_of("EnergyDPS"), "MACO": cost_of("MACO"), "DiffExplainer": cost_of("DiffExplainer"),
+          **{k: r.seconds_per_sample for k, r in extra.items()}}
+summary_x = exact.summary(seed)
+for k, row in summary_x.items():
+    print(f"{k:>24}: " + ", ".join(f"{m} {v[0]:.3f} [{v[1]:.3f}, {v[2]:.3f}]" for m, v in row.items())
+          + (f", {cost_x[k]:.2f} s/sample" if k in cost_x else ""))
+    report.metric(f"exact/{k}", {**{m: list(v) for m, v in row.items()}, "median_tv": exact.median("tv_mean")[k],
+                                 **({"s_per_sample": cost_x[k]} if k in cost_x else {})},
+                  note=f"{len(feats)} features x {n} samples; mean, lo, hi (95 % bootstrap over features; KID: +- 1 SD)")
+paired_x = {m: exact.paired(m, ours, seed) for m in ("tv_mean", "tv_concept", "psi_w1", "concept_acc")}
+report.metric("exact_paired", paired_x, note=f"mean(row - {ours}) over the same features, 95 % paired bootstrap")
+resolved = {m: "farther from q*" if lo > 0 else "closer to q*" if hi < 0 else "inside the CI"
+            for m, (_, lo, hi) in paired_x["tv_mean"].items()}
+print(f"TV to q* against {ours}, paired over features: " + "; ".join(f"{m} {v}" for m, v in resolved.items()))
+report.metric("exact_resolved", resolved, note=f"tv_mean of each row against {ours}: a difference inside the 95 % "
+              "paired interval may flip with another seed")
+reach_x = {"MACO": reach(stores["MACO"], feats, target, cfg.maco.max_steps),
+           "DiffExplainer": reach(stores["DiffExplainer"], feats, target, cfg.proxy.max_steps)}
+for m, r in reach_x.items():
+    print(f"{m}: within {r['budget']} steps, psi >= 0.9 t on {r['share_at_0.9t']:.0%} of features, >= t on "
+          f"{r['share_at_t']:.0%} (median step {r['steps_to_t_median']:.0f})")
+report.metric("reach", reach_x, note="fixed step budgets; a feature stops at its first checked step at t")
+smc = extra["EnergyDPS (twisted SMC)"].info
+print(f"{smc_chosen}: {smc['n_particles']} particles per population, from "
+      f"{smc['ancestors_U'].float().mean():.1f} distinct lineages on average (min {smc['ancestors_U'].min()})")
+report.metric("smc", {"variant": smc_chosen, "particles": smc["n_particles"],
+                      "lineages_mean": smc["ancestors_U"].float().mean(), "lineages_min": smc["ancestors_U"].min(), "resamples_mean": smc["resamples_U"].float().mean()})
+cols = ["psi_over_t", "tv_mean", "tv_concept", "psi_w1", "KID to q*", "concept_acc", "off_palette", "diversity"]
+fig = metric_bars(summary_x, cols, f"Table 3 against the exact tilt q*: {len(feats)} features x {n} samples, 95 % "
+                  "bootstrap intervals over features (KID: +- 1 SD over subsets, log axis)", ncols=4,
+                  log=("KID to q*",))
+report.savefig(fig, "table3_exact")
+plt.show()
+report.savefig(metric_scatter(summary_x, "psi_over_t", "concept_acc", "Concept accuracy against the activation "
+                              "reached (95 % bootstrap intervals over features)", xline=1.0), "concept_vs_psi")
+plt.show()
+
+# %%
+med = exact.median("tv_mean")
+gen_x = [ours, "MACO", "DiffExplainer"]
+report.claim("energydps_closest_to_tilt", "Sec 3.2, Table 3 (our metric: TV to q*)", "among the generated explanations, "
+             "EnergyDPS's samples are the closest to the exact tilt q* (lowest mean TV of the factor histograms)",
+             {m: summary_x[m]["tv_mean"][0] for m in gen_x}, None,
+             min(gen_x, key=lambda m: summary_x[m]["tv_mean"][0]) == ours, kind="paper")
+report.claim("chosen_tv_30pct_lower", "ours (exact-tilt fidelity)", "the chosen EnergyDPS's median TV to q* is at least "
+             "30 % lower than the capped configuration's", {"chosen": med[ours], "capped": med["EnergyDPS (capped)"]},
+             None, med[ours] <= 0.7 * med["EnergyDPS (capped)"], kind="ours", threshold=0.3)
+acc_gap = exact.paired("concept_acc", "q*", seed)[ours]
+report.claim("chosen_concept_near_tilt", "ours (exact-tilt fidelity)", "the chosen EnergyDPS's concept accuracy is within "
+             "0.05 of q*'s (the paired 95 % interval inside +-0.05)", acc_gap, 0.0,
+             -0.05 <= acc_gap[1] and acc_gap[2] <= 0.05, kind="ours", threshold=0.05)
+off = {m: summary_x[m]["off_palette"][0] for m in (ours, "unguided")}
+report.claim("chosen_on_manifold", "ours (exact-tilt fidelity)", "the chosen EnergyDPS's off-palette pixel share is "
+             "within 0.01 of the unguided prior's", off, None, abs(off[ours] - off["unguided"]) <= 0.01, kind="ours",
+             threshold=0.01)
+report.claim("smc_closer_still", "ours (exact-tilt fidelity)", "twisted SMC's median TV to q* is lower than the chosen "
+             "EnergyDPS's", {"SMC": med["EnergyDPS (twisted SMC)"], "chosen": med[ours],
+                             "SMC s/sample": cost_x["EnergyDPS (twisted SMC)"]}, None,
+             med["EnergyDPS (twisted SMC)"] < med[ours], kind="ours")
+
+# %% [markdown]
+# **What we see** (the same development run, 50 features x 4 samples). The pool gives q* a median
+# lambda of 34, ESS 267 (minimum 17) of 100 000 draws and KL(q*||p) 4.1 nats. At 4 samples per
+# feature exact q* draws sit at a mean TV of 0.28 from q*'s histograms, the exact truncation at
+# 0.29 and the real top-4 images at 0.33: the hard truncation is close to the tilt on this world.
+# The chosen EnergyDPS (lambda doubled) reaches 0.95 t but a TV of 0.46, no closer than the capped
+# configuration (0.45; the paired difference, -0.013 [-0.045, 0.019], is inside the CI) or the
+# unguided prior (0.47, also inside the CI); MACO (0.52) and DiffExplainer (0.50) are farther,
+# both resolved by the paired intervals. So the paper's claim that EnergyDPS is the closest
+# generated explanation to the tilt holds in that run, but our target that the chosen sampler
+# cuts the capped configuration's median TV by 30 % fails (0.454 against 0.434), as does the
+# concept target: concept accuracy -0.05 against q*'s 0.72. SMC has the concept (0.51) at 2.05 s
+# per sample but, with its lineages collapsed (3.2 distinct of 32 on average), the worst TV of the
+# EnergyDPS rows (0.52). Off-palette pixels: 0.006 for the chosen sampler against 0 unguided,
+# inside the 0.01 target; MACO 0.22. DiffExplainer, now one prompt per feature over fresh noise
+# with classifier-free guidance 4, reaches only 0.11 t in its 20 steps (psi >= 0.9 t on 2 % of
+# features; with Adam's lr at 1 and 40 steps, 3 of 8 development features): unmatched. With 50
+# features x 4 samples the paired half-widths of TV are 0.03-0.05; the issue's 16 samples x 100
+# features need about 8x the CPU time of this notebook and are not run here. The
+# `exact_resolved` metric names every row whose difference from ours is inside its interval:
+# those may flip with another seed.
+#
+# ### Fig 4 against q*: the two features with the clearest concept, a row per method and q* itself
+
+# %%
+names_x = concept_names(refs, world.value_names)
+show_x = np.argsort(-exact.concepts.purity_U)[:2].tolist()
+labels_x = [f"feature {int(f)}\n{c}" for f, c in zip(feats, names_x)]
+order_x = ["q*", "TopK", "MACO", "DiffExplainer", "EnergyDPS (capped)", *extra]
+ratio_x = {m: float(rows_x[m][1][show_x].mean(1).div(target[show_x]).sub(1).abs().max()) for m in order_x}
+matched_x = [m for m in order_x if ratio_x[m] <= 0.05]
+fig = method_rows(*feature_panels(rows_x, order_x, show_x, labels_x, target),
+                  "Fig 4 against q*: the two features whose top pool images share a concept most clearly.\n"
+                  f"Within 5 % of t on both: {', '.join(matched_x) or 'none'}; the others fall short or overshoot "
+                  "(each row's psi / t on the left)")
+report.savefig(fig, "fig4_exact")
+plt.show()
+report.metric("fig4_exact", {f"feature {int(feats[i])}": {"concept": names_x[i], "t": target[i],
+                                                           **{m: rows_x[m][1][i].mean() for m in order_x},
+                                                           "off_palette": {m: exact.per_feature[m]["off_palette"][i]
+                                                                           for m in order_x}}
+                             for i in show_x})
+
+# %% [markdown]
+# **What we see** (the same development run). The concept names come from the top pool images
+# ("size 12px, digit 7"; "size 12px, digit 6"). On both features the exact q* draws and the real
+# top-k images show the concept, MACO shows colour fields at t, DiffExplainer's glyphs sit near
+# the prior far below t, and the EnergyDPS rows show clean glyphs (no off-palette pixels for the
+# tilt and SMC rows on these two features), of the concept's size but mostly of other digits.
 #
 # ## Table 10: guidance strength (uncapped), activation and KID rise together (App L.2.3)
 

@@ -243,3 +243,18 @@ def test_guidance_gradient_equals_finite_differences(jacobian, cap_mode):
         fd[:, d] = (objective_B(x + step) - objective_B(x - step)) / (2 * h)
     torch.testing.assert_close(out.grad, fd, rtol=1e-5, atol=1e-7)
     assert (out.grad.abs().sum(1) > 0).any() and (cap_mode != "clip" or (out.grad[1] == 0).all())
+
+
+def test_without_the_final_shift_the_last_step_is_the_unguided_posterior_mean():
+    """``final_shift=False``: a one-step chain (x_T straight to x_0) has no guided step left,
+    so it equals the unguided sampler for any lambda; with the shift it moves by lambda grad psi."""
+    prior, psi = gaussian_prior(), Energy(lambda x: x[:, 0], "x1")
+    one = replace(UNCAPPED, num_steps=1)
+    run = lambda cfg, lam: sample_energy_dps(prior, psi, cfg, lam_B=lam, generators=list(range(20)),  # noqa: E731
+                                             dtype=F64, disable=True)
+    plain = run(one, 0.0)
+    assert torch.equal(run(replace(one, final_shift=False), 3.0), plain)
+    shifted = run(one, 3.0)
+    assert float((shifted - plain)[:, 0].min()) > 0 and torch.equal(shifted[:, 1], plain[:, 1])
+    many = replace(UNCAPPED, final_shift=False)  # earlier steps are still guided
+    assert float(run(many, 3.0)[:, 0].mean()) > float(run(many, 0.0)[:, 0].mean()) + 0.5

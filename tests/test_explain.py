@@ -309,3 +309,59 @@ def test_a_store_filled_in_two_runs_equals_one_filled_in_one(world, tmp_path):
         whole, resumed = stores[0].get(u), stores[1].get(u)
         assert torch.equal(whole.images_BCHW, resumed.images_BCHW) and torch.equal(whole.psi_B, resumed.psi_B)
         assert torch.equal(whole.extras["knob"], resumed.extras["knob"])
+
+
+def test_the_plug_in_tilt_at_lambda_zero_is_unguided_and_rises_with_lambda(world):
+    from klsc_lib.explain import run_tilt
+
+    prior, _, units = world
+    tilt = GuidanceConfig.tilt(10)
+    u, t = torch.tensor([1, 5]), torch.tensor([0.3, 0.3])
+    zero = run_tilt(prior, units, u, t, torch.zeros(2), 3, tilt)
+    seeds = [s for unit in (1, 5) for s in sample_seeds(0, unit, 3)]
+    gens = resolve_generators(seeds)
+    plain = sample_ddpm(prior.eps, initial_noise(SHAPE, gens), SCHEDULE, generator=gens,
+                        timesteps=spaced_timesteps(SCHEDULE, 10), clip_x0=(-1.0, 1.0), disable=True)
+    assert torch.equal(zero.images_UNCHW.flatten(0, 1), plain) and zero.knob_U.tolist() == [0.0, 0.0]
+    strong = run_tilt(prior, units, u, t, torch.full((2,), 50.0), 3, tilt)
+    assert float(strong.psi_UN.mean()) > float(zero.psi_UN.mean())
+    with pytest.raises(ValueError, match="GuidanceConfig.tilt"):
+        run_tilt(prior, units, u, t, torch.zeros(2), 3, FAST)
+    with pytest.raises(ValueError, match="one finite lambda per unit"):
+        run_tilt(prior, units, u, t, torch.tensor([1.0, float("nan")]), 3, tilt)
+
+
+def test_twisted_smc_keeps_n_of_its_particles_and_counts_every_particle_in_the_cost(world):
+    from klsc_lib.explain import run_twisted_smc
+
+    prior, _, units = world
+    res = run_twisted_smc(prior, units, torch.tensor([1, 5, 7]), torch.full((3,), 0.3), torch.full((3,), 5.0), 2, 6,
+                          GuidanceConfig.tilt(5), units_per_batch=2)
+    assert res.images_UNCHW.shape == (3, 2, *SHAPE) and res.psi_UN.shape == (3, 2)
+    assert res.seconds_per_sample == pytest.approx(res.seconds / 6)
+    assert res.info["n_particles"] == 6 and ((1 <= res.info["ancestors_U"]) & (res.info["ancestors_U"] <= 6)).all()
+    with torch.no_grad():  # the kept psi is psi of the kept images
+        again = units.energy(torch.tensor([1, 1, 5, 5, 7, 7]))(res.images_UNCHW.flatten(0, 1))
+    torch.testing.assert_close(again, res.psi_UN.flatten(), rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="cannot keep"):
+        run_twisted_smc(prior, units, torch.tensor([1]), torch.ones(1), torch.ones(1), 8, 4, GuidanceConfig.tilt(5))
+
+
+def test_independent_twisted_smc_draws_each_kept_sample_from_its_own_population(world):
+    """independent=True: U x n populations of P particles (seeded apart), one particle kept
+    from each; the cost counts all U x n x P particles; the first population of a unit is
+    the shared mode's population, particle for particle."""
+    from klsc_lib.explain import run_twisted_smc
+
+    prior, _, units = world
+    u, t, lam = torch.tensor([1, 5]), torch.full((2,), 0.3), torch.full((2,), 5.0)
+    ind = run_twisted_smc(prior, units, u, t, lam, 3, 4, GuidanceConfig.tilt(5), independent=True, units_per_batch=4)
+    assert ind.images_UNCHW.shape == (2, 3, *SHAPE) and len(ind.info["ancestors_U"]) == 6
+    flat = ind.images_UNCHW.flatten(0, 1).flatten(1)
+    assert torch.cdist(flat, flat).add(torch.eye(6) * 1e9).min() > 1e-3  # six distinct draws
+    shared = run_twisted_smc(prior, units, u, t, lam, 1, 4, GuidanceConfig.tilt(5), units_per_batch=4)
+    one = run_twisted_smc(prior, units, u, t, lam, 1, 4, GuidanceConfig.tilt(5), independent=True, units_per_batch=4)
+    torch.testing.assert_close(one.images_UNCHW, shared.images_UNCHW)  # n = 1: the same population and pick
+    with torch.no_grad():
+        again = units.energy(u.repeat_interleave(3))(ind.images_UNCHW.flatten(0, 1))
+    torch.testing.assert_close(again, ind.psi_UN.flatten(), rtol=1e-4, atol=1e-5)

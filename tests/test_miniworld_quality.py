@@ -51,3 +51,21 @@ def test_the_tv_bootstrap_sd_is_the_spread_of_tv_over_fresh_draws():
     fresh = torch.tensor([tv(draw(p, 1000), draw(r, 1000)) for _ in range(400)])
     sd = q.marginal_tv_sd(draw(p, 1000), draw(r, 1000), 4, num_resamples=400)
     assert sd == pytest.approx(fresh.std().item(), rel=0.15)  # both samples resampled: one alone gives 0.71x
+
+
+def test_off_palette_share_is_zero_on_world_images_and_high_on_noise():
+    from klsc_lib.worlds.miniworld.data import COLOURS, render_batch, sample_latents
+    from klsc_lib.worlds.miniworld.quality import off_palette_fraction, palette_distance
+
+    real = render_batch(sample_latents(512, "test", 3))
+    assert float(off_palette_fraction(real).max()) == 0.0
+    noise = torch.rand(64, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    assert float(off_palette_fraction(noise).mean()) > 0.5
+    red = torch.tensor(COLOURS["red"]) * 2 - 1
+    blend = 0.3 * red + 0.7 * -0.4  # 30 % red glyph coverage over grey level -0.4: on the palette
+    magenta = torch.tensor([1.0, -1.0, 1.0])  # no colour blended with grey gives it
+    img = torch.stack([blend, magenta]).T.reshape(1, 3, 1, 2)
+    d = palette_distance(img)[0, 0]
+    assert float(d[0]) < 0.02 and float(d[1]) > 0.5
+    with pytest.raises(ValueError, match="RGB"):
+        off_palette_fraction(torch.zeros(2, 1, 4, 4))

@@ -12,8 +12,8 @@ import torch
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel, UNet2DModel
 
 from _finite_differences import assert_matches_finite_differences
-from klsc_lib.baselines.proxy_guidance import (DDIMChain, class_embedding_table, ddim_x0, load_sd15, proxy_guidance,
-                                               unet2d_eps_given_embedding)
+from klsc_lib.baselines.proxy_guidance import (DDIMChain, class_embedding_table, classifier_free, ddim_x0, load_sd15,
+                                               proxy_guidance, unet2d_eps_given_embedding)
 from klsc_lib.diffusion.samplers import sample_ddim
 from klsc_lib.interfaces import DDPMSchedule
 from klsc_lib.worlds.miniworld.data import IMAGE_SIZE
@@ -98,6 +98,32 @@ def test_batch_equals_single_runs(unet):
         single = proxy_guidance(red_mean, eps, emb0[i:i + 1], SHAPE, chain, steps=3, lr=0.1, seeds=[seed],
                                 disable=True)
         assert torch.allclose(batch.x_BCHW[i], single.x_BCHW[0], atol=1e-4)
+
+
+def test_one_prompt_per_unit_over_fresh_noise(unet):
+    """Two prompts of three samples each: one embedding row per prompt, the samples of a prompt
+    differ (their own noise), fresh noise redraws each stream per step (so the result differs
+    from fixed noise), and one prompt's samples do not depend on the other prompt."""
+    emb0 = class_embedding_table(unet)[torch.tensor([0, 4])]
+    chain, eps = DDIMChain.from_schedule(SCHEDULE, 4), unet2d_eps_given_embedding(unet)
+    run = lambda e, seeds, fresh: proxy_guidance(red_mean, eps, e, SHAPE, chain, steps=3, lr=0.1, seeds=seeds,  # noqa: E731
+                                                 samples_per_embedding=3, fresh_noise=fresh, disable=True)
+    both = run(emb0, list(range(6)), True)
+    assert both.emb.shape == emb0.shape and both.x_BCHW.shape == (6, *SHAPE)
+    assert not torch.allclose(both.x_BCHW[0], both.x_BCHW[1])
+    assert not torch.allclose(both.x_BCHW, run(emb0, list(range(6)), False).x_BCHW)
+    second = run(emb0[1:], [3, 4, 5], True)
+    assert torch.allclose(both.x_BCHW[3:], second.x_BCHW, atol=1e-4)
+
+
+def test_classifier_free_guidance_is_the_linear_extrapolation(unet):
+    x, t = torch.randn(2, *SHAPE), torch.tensor([10, 60])
+    table = class_embedding_table(unet)
+    eps, null_of = unet2d_eps_given_embedding(unet), lambda b: table[10].expand(b, -1)
+    emb = table[torch.tensor([2, 3])]
+    cond, null = eps(x, t, emb), eps(x, t, null_of(2))
+    torch.testing.assert_close(classifier_free(eps, null_of, 4.0)(x, t, emb), null + 4 * (cond - null))
+    assert torch.equal(classifier_free(eps, null_of, 1.0)(x, t, emb), cond)
 
 
 def test_nan_psi_names_the_step(unet):

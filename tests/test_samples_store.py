@@ -88,3 +88,17 @@ def test_open_without_create_finds_a_written_store_and_creates_nothing(tmp_path)
     assert list(tmp_path.iterdir()) == []  # nothing was written
     SamplesStore("MACO", "Feature", CONFIG, root=tmp_path).put(3, torch.zeros(1, 3, 4, 4), torch.zeros(1))
     assert SamplesStore("MACO", "Feature", CONFIG, root=tmp_path, create=False).units() == [3]
+
+
+def test_reach_reads_levels_and_stopping_steps_from_the_store(tmp_path):
+    """notebook 04's budget report: 2 of 3 units reach 0.9 t, 1 reaches t (at step 40); the
+    unit that never reached t stored the step closest to it, which is not a step to t."""
+    from klsc_lib.studies.nb04_energydps import reach
+
+    store = SamplesStore("MACO", "Feature", CONFIG, root=tmp_path)
+    img = torch.zeros(2, 3, 4, 4)
+    for unit, psi, step in ((1, [1.0, 0.9], 8), (2, [0.5, 0.5], 100), (3, [2.0, 2.2], 40)):
+        store.put(unit, img, torch.tensor(psi), extras={"knob": torch.tensor([float(step)])})
+    got = reach(store, torch.tensor([1, 2, 3]), torch.tensor([1.0, 1.0, 2.0]), budget=128)
+    assert got["share_at_0.9t"] == pytest.approx(2 / 3) and got["share_at_t"] == pytest.approx(1 / 3)
+    assert got["steps_to_t_median"] == 40 and got["budget"] == 128

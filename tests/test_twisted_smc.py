@@ -94,3 +94,21 @@ def test_configurations_that_do_not_target_the_tilt_are_refused():
     with pytest.raises(ValueError, match="one resampling generator per unit"):
         sample_twisted_smc(prior, _psi(), SMC, torch.ones(2), 4, generators=list(range(8)),
                            resample_generators=[torch.Generator()])
+
+
+def test_an_annealed_twist_targets_the_same_tilt():
+    """The twist lambda_i = abar_i lambda changes the proposal and the intermediate targets but
+    not the final one (the last twist is the exact e^{lambda psi}): the mean of x_0 still
+    meets the closed form, with fewer resampling events than the constant twist."""
+    prior = gmm_oracle_prior(four_mode_gmm(std=STD, dtype=torch.float32))
+    lam, k = 1.0, 1024
+    kwargs = dict(generators=list(range(k)), disable=True)
+    annealed = sample_twisted_smc(prior, _psi(), SMC, torch.tensor([lam]), k, anneal=True,
+                                  resample_generators=[torch.Generator().manual_seed(0)], **kwargs)
+    constant = sample_twisted_smc(prior, _psi(), SMC, torch.tensor([lam]), k,
+                                  resample_generators=[torch.Generator().manual_seed(0)], **kwargs)
+    x = annealed.x_B.double()
+    mean0, _ = tilted_moments(lam)
+    se = float(x[:, 0].std()) / math.sqrt(int(annealed.ancestors_U[0]))
+    assert abs(float(x[:, 0].mean()) - mean0) < 4 * se, (float(x[:, 0].mean()), mean0, se)
+    assert int(annealed.resamples_U[0]) <= int(constant.resamples_U[0])

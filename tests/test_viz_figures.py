@@ -124,6 +124,20 @@ def test_metric_bars_grid_log_axes_and_intervals():
     assert [p.get_height() for p in axes[0].patches] == pytest.approx([0.5, 0.9])
 
 
+def test_metric_scatter_places_each_method_at_its_means_with_both_intervals():
+    from klsc_lib.viz.explanations import metric_scatter
+
+    table = {"q*": {"p": (1.0, 0.9, 1.1), "c": (0.6, 0.5, 0.7)}, "MACO": {"p": (1.02, 1.0, 1.05), "c": (-0.2, -0.3, 0.0)}}
+    fig = metric_scatter(table, "p", "c", "t", xline=1.0)
+    ax = fig.axes[0]
+    assert [a.get_text() for a in ax.texts] == ["q*", "MACO"]
+    assert [a.xy for a in ax.texts] == [(1.0, 0.6), (1.02, -0.2)]
+    ends = {tuple(np.round(seg[:, k], 6)) for c in ax.collections for seg in c.get_segments() for k in (0, 1)
+            if np.ptp(seg[:, k]) > 0}
+    assert (0.9, 1.1) in ends and (-0.3, 0.0) in ends  # x interval of q*, y interval of MACO
+    assert ax.get_xlabel() == "p" and ax.get_ylabel() == "c"
+
+
 def test_strength_curve_labels_points_in_the_texts_units():
     rows = [(0.0, 0.1, 0.05), (0.2, 0.6, 0.03), (2.0, 1.4, 1.4)]
     fig = strength_curve(rows, [(1.0, 0.3)], unit=500.0, unit_name="strength x steps",

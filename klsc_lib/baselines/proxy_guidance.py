@@ -91,26 +91,34 @@ def proxy_guidance(energy: EnergyFn, eps_given_embedding: EmbEpsFn, emb_init: to
                    cap_B: float | torch.Tensor | None = None,
                    decode: Callable[[torch.Tensor], torch.Tensor] | None = None,
                    clip_x0: tuple[float, float] | None = None, seeds: Generators = None,
-                   use_checkpoint: bool = False,
+                   samples_per_embedding: int = 1, fresh_noise: bool = False, use_checkpoint: bool = False,
                    callback: Callable[[dict[str, Any]], None] | None = None,
                    disable: bool | None = None) -> ProxyGuidanceResult:
-    """``steps`` Adam steps on the embeddings ``emb_init`` (B, ...) to raise min(psi, cap)
-    of the images ``decode(ddim_x0(...))`` (App J.3.2, eq. 20). Sample i starts its chain
-    from its own fixed noise (``seeds[i]``, a seed or generator, default i; shape ``sample_shape``). ``decode`` maps the
-    chain's output to images in [-1, 1] (the VAE for latent priors; identity if None).
-    ``callback`` gets ``{"i", "psi_B", "x_BCHW"}`` before each update."""
-    batch = emb_init.shape[0]
+    """``steps`` Adam steps on the embeddings ``emb_init`` (E, ...) to raise min(psi, cap)
+    of the images ``decode(ddim_x0(...))`` (App J.3.2, eq. 20). Each embedding drives
+    ``samples_per_embedding`` samples (B = E x that, embedding e for samples e*n ... e*n + n - 1:
+    one prompt per unit, as eq. 20 optimises a prompt, not an image). Sample i starts its chain
+    from its own noise (``seeds[i]``, a seed or generator, default i; shape ``sample_shape``):
+    fixed, or with ``fresh_noise`` a new draw of its stream at every step (the expectation over
+    x_T of eq. 20). ``decode`` maps the chain's output to images in [-1, 1] (the VAE for latent
+    priors; identity if None). ``callback`` gets ``{"i", "psi_B", "x_BCHW"}`` before each update."""
+    if samples_per_embedding < 1:
+        raise ValueError(f"samples_per_embedding must be >= 1, got {samples_per_embedding}")
+    batch = emb_init.shape[0] * samples_per_embedding
     device = emb_init.device
     gens = resolve_generators(range(batch) if seeds is None else seeds, batch)
-    x_T = initial_noise(tuple(sample_shape), gens, device=device)
+    noise = {"x_T": initial_noise(tuple(sample_shape), gens, device=device)}
     emb = emb_init.detach().clone().requires_grad_(True)
     decode = decode if decode is not None else (lambda x: x)
     optimiser = torch.optim.Adam([emb], lr=lr)
 
     def images(e: torch.Tensor) -> torch.Tensor:
-        return decode(ddim_x0(eps_given_embedding, x_T, e, chain, clip_x0, use_checkpoint))
+        return decode(ddim_x0(eps_given_embedding, noise["x_T"], e.repeat_interleave(samples_per_embedding, 0), chain,
+                              clip_x0, use_checkpoint))
 
     for i in tqdm(range(steps), disable=disable, desc="proxy guidance"):
+        if fresh_noise and i > 0:
+            noise["x_T"] = initial_noise(tuple(sample_shape), gens, device=device)
         x_BCHW = images(emb)
         psi_B = checked_psi(energy, x_BCHW, f"proxy guidance, step {i}")
         if callback is not None:
@@ -122,6 +130,8 @@ def proxy_guidance(energy: EnergyFn, eps_given_embedding: EmbEpsFn, emb_init: to
                                      "or check the energy's gradient")
         optimiser.step()
     with torch.no_grad():
+        if fresh_noise and steps > 0:
+            noise["x_T"] = initial_noise(tuple(sample_shape), gens, device=device)
         x_BCHW = images(emb)
         psi_B = checked_psi(energy, x_BCHW, f"proxy guidance, step {steps}")
     return ProxyGuidanceResult(x_BCHW, psi_B, emb.detach())
@@ -135,6 +145,20 @@ def class_embedding_table(unet: torch.nn.Module) -> torch.Tensor:
     if not isinstance(table, torch.nn.Embedding):
         raise ValueError("this UNet has no nn.Embedding class embedding (build it with num_class_embeds=...)")
     return table.weight.detach()
+
+
+def classifier_free(eps_given_embedding: EmbEpsFn, null_of: Callable[[int], torch.Tensor], scale: float) -> EmbEpsFn:
+    """eps_null + ``scale`` (eps(emb) - eps_null), the null embedding ``null_of(B)`` (the
+    prior's "nothing given" conditioning): classifier-free guidance (Ho & Salimans 2022), as
+    DiffExplainer samples its prompts (App J.3.2); ``scale`` 1 is the plain conditional model."""
+
+    def eps(x_t: torch.Tensor, t_B: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        if scale == 1.0:
+            return eps_given_embedding(x_t, t_B, emb)
+        null = eps_given_embedding(x_t, t_B, null_of(x_t.shape[0]).to(emb.device, emb.dtype))
+        return null + scale * (eps_given_embedding(x_t, t_B, emb) - null)
+
+    return eps
 
 
 def unet2d_eps_given_embedding(unet: torch.nn.Module) -> EmbEpsFn:

@@ -179,7 +179,8 @@ def sample_energy_dps(prior: Prior, energy: Energy | ScoreFn, guidance: Guidance
             log.add(i, t, out)
         zeta_i = (tilted_score_step_size(schedule, t, t_prev, 1.0 if eta is None else eta)
                   if guidance.step_size == "tilted_score" else 1.0)
-        return out, (zeta_i * lam) * out.grad, {"psi": out.psi}
+        shift = None if (t_prev < 0 and not guidance.final_shift) else (zeta_i * lam) * out.grad
+        return out, shift, {"psi": out.psi}
 
     with speed.math():
         x_0 = reverse_process(prior.eps, x_T, schedule, eta=eta, callback=callback, disable=disable,
@@ -191,19 +192,23 @@ def sample_energy_dps(prior: Prior, energy: Energy | ScoreFn, guidance: Guidance
 
 def sample_units(prior: Prior, energy_of: Callable[[torch.Tensor], Energy], units_B: torch.Tensor,
                  guidance: GuidanceConfig, seeds: Sequence[int], cap_B: torch.Tensor | float | None = None, *,
-                 batch_size: int = 64, device: torch.device | str | None = None, callback: Callback | None = None,
+                 lam_B: torch.Tensor | float | None = None, batch_size: int = 64,
+                 device: torch.device | str | None = None, callback: Callback | None = None,
                  disable: bool | None = True) -> tuple[torch.Tensor, torch.Tensor]:
     """(x_BCHW, psi_B) on the CPU: one EnergyDPS sample per entry of ``units_B`` (units mixed
     in batches of ``batch_size``; ``energy_of(ids)`` is psi of one unit per sample), sample
     b drawn from seed ``seeds[b]`` (:func:`~klsc_lib.diffusion.guidance.sample_seeds`) with
-    the cap ``cap_B[b]`` (a scalar or one value per sample, as the cap rule needs)."""
+    the cap ``cap_B[b]`` (a scalar or one value per sample, as the cap rule needs) and
+    lambda ``lam_B[b]`` (default: the configured per-step scale)."""
     if len(seeds) != len(units_B):
         raise ValueError(f"need one seed per sample, got {len(seeds)} seeds for {len(units_B)} samples")
     cap = None if cap_B is None else torch.as_tensor(cap_B, dtype=torch.float32).expand(len(units_B))
+    lam = None if lam_B is None else torch.as_tensor(lam_B, dtype=torch.float32).expand(len(units_B))
     xs, psis = [], []
     for s in range(0, len(units_B), batch_size):
         energy = energy_of(units_B[s:s + batch_size])
         x_BCHW = sample_energy_dps(prior, energy, guidance, cap_B=None if cap is None else cap[s:s + batch_size],
+                                   lam_B=None if lam is None else lam[s:s + batch_size],
                                    generators=list(seeds[s:s + batch_size]), device=device, callback=callback,
                                    disable=disable)
         with torch.no_grad():

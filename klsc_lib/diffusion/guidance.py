@@ -5,7 +5,9 @@ the one seed scheme every guided sample is drawn with.
 steps, the guidance strength, the gradient path, the sampler and how the cap on psi is
 set. ``GuidanceConfig.paper()`` is the authors' release; ``GuidanceConfig.fast()`` (the
 defaults) is notebook 04's measured choice: 50 respaced DDPM steps, the gradient
-through the denoiser, half the paper's total guidance.
+through the denoiser, half the paper's total guidance. ``GuidanceConfig.tilt()`` is the
+uncapped plug-in of the tilt p e^{lambda psi} with the tilt's own lambda per unit, which
+notebook 04 measures against the exact tilt beside the capped configuration.
 
 ``strength`` is the total guidance relative to the paper's (zeta * lambda = 1.0 per
 step over 1000 steps, App J.4): the per-step scale is strength x 1.0 x T / steps, T the
@@ -60,6 +62,8 @@ class GuidanceConfig:
     kappa: float = 10.0  # hinge stiffness
     cap_bracket: tuple[float, float] = (0.0, 1.5)  # calibration: caps searched in [lo t, hi t]
     calib_iters: int = 3  # calibration: bisection halvings
+    final_shift: bool = True  # add the guidance shift after the last step too (the release); False: x_0 is the
+    # last posterior mean, no shift that no later denoiser step could clean up
     speed: Speed = Speed()  # how the networks run (TF32, bf16, channels_last, compile); float32 eager
 
     def __post_init__(self) -> None:
@@ -91,6 +95,14 @@ class GuidanceConfig:
         high-frequency patterns on the mini-world's samples at matched psi, as did strength
         1 at 50 steps on spatial features.)"""
         return cls(num_steps=num_steps, strength=strength, **overrides)
+
+    @classmethod
+    def tilt(cls, num_steps: int = 50, **overrides) -> "GuidanceConfig":
+        """The plug-in tilt sampler measured against the exact tilt in notebook 04: no cap, the
+        step sized so that lambda is the tilt's own lambda (``step_size="tilted_score"``, App
+        G.4; lambda per unit from the data, e.g. solved on real images' psi), and no guidance
+        shift after the last step. ``strength`` is unused: lambda is passed per sample."""
+        return cls(num_steps=num_steps, step_size="tilted_score", cap_rule="none", final_shift=False, **overrides)
 
     def timesteps(self, schedule: DDPMSchedule) -> torch.Tensor:
         """The decreasing training timesteps walked (stride spacing)."""

@@ -65,7 +65,7 @@ def systematic_resample(log_w_K: torch.Tensor, generator: torch.Generator) -> to
 
 def sample_twisted_smc(prior: Prior, energy: Energy, guidance: GuidanceConfig, lam_U: torch.Tensor,
                        n_particles: int, *, generators: Generators, resample_generators: list[torch.Generator],
-                       ess_threshold: float = 0.5, device: torch.device | str | None = None,
+                       ess_threshold: float = 0.5, anneal: bool = False, device: torch.device | str | None = None,
                        callback: Callback | None = None, disable: bool | None = None) -> SMCResult:
     """Twisted SMC for U units at once: particle b belongs to unit b // ``n_particles``;
     ``energy`` scores psi of each particle's unit (as :func:`sample_units` builds it),
@@ -108,7 +108,8 @@ def sample_twisted_smc(prior: Prior, energy: Energy, guidance: GuidanceConfig, l
     for i, (t, t_prev) in enumerate(tqdm(step_pairs(guidance.timesteps(schedule)), disable=disable)):
         out = guidance_step(prior, energy, x, t, i, grad_through_denoiser=guidance.grad_through_denoiser,
                             variance=variance)
-        twist_B = lam_B.double() * out.psi.double()
+        kappa = float(schedule.alphas_cumprod_T[t]) if anneal else 1.0  # twist lambda_i = kappa_i lambda
+        twist_B = kappa * lam_B.double() * out.psi.double()
         log_w_B += twist_B - prev_twist_B + log_pq_B
         low = (effective_sample_size(log_w_B.view(n_units, n_particles)) < ess_threshold * n_particles).nonzero()
         rows = low.flatten().tolist()
@@ -131,7 +132,7 @@ def sample_twisted_smc(prior: Prior, energy: Energy, guidance: GuidanceConfig, l
                 sigma = ((0.5 * respaced_log_variance(schedule, log_var, t, t_prev)).exp() if log_var is not None
                          else torch.full_like(x, (beta * (1 - abar_prev) / (1 - abar)) ** 0.5))
                 z = noise_like(x, gens)
-                shift = tilted_score_step_size(schedule, t, t_prev) * lam_B.reshape(view) * grad
+                shift = tilted_score_step_size(schedule, t, t_prev) * kappa * lam_B.reshape(view) * grad
                 x = mean + sigma * z + shift
                 log_pq_B = -((shift.square() + 2 * sigma * shift * z) / (2 * sigma.square())).flatten(1).sum(1).double()
         prev_twist_B = twist_B

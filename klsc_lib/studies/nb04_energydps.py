@@ -6,7 +6,9 @@ reusable explanation runs of :mod:`klsc_lib.explain`:
 - :func:`world_reader`: the world's factor reader, else nearest real images in pixels;
 - :func:`explain_neurons`: EnergyDPS on random backbone neurons (Table 7);
 - :func:`strength_ablation` (Table 10), :func:`object_drift` (App L.5),
-  :func:`matched_cost` (the fast configuration against the paper's, App L.4).
+  :func:`matched_cost` (the fast configuration against the paper's, App L.4);
+- :func:`sampler_candidates`: the EnergyDPS variants measured against the exact tilt on
+  development features, each a run ``(units_U, target_U, lambda_U, n) -> RunResult``.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ from klsc_lib.diffusion.energy_dps import sample_energy_dps, sample_units
 from klsc_lib.diffusion.guidance import GuidanceConfig, sample_seeds, unit_seeds
 from klsc_lib.energies import Energy
 from klsc_lib.energies.units import Units
-from klsc_lib.explain import RunResult, explain, run_energy_dps, search_concepts, topk_targets
+from klsc_lib.explain import (RunResult, explain, run_energy_dps, run_tilt, run_twisted_smc, search_concepts,
+                              topk_targets)
 from klsc_lib.interfaces import FactorReader, Prior, World
 from klsc_lib.runtime import CostMeter
 from klsc_lib.samples_store import SamplesStore
@@ -149,3 +152,42 @@ def matched_cost(prior: Prior, units: Units, units_U: torch.Tensor, target_U: to
                     calib.knob_U, target_U.float(), meter.seconds, meter.peak_bytes)
     ref.target_U = calib.target_U = target_U.float()
     return {"paper_config": ref, "fast": one, "fast_calibration": calib}
+
+
+CandidateRun = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int], RunResult]
+
+
+def sampler_candidates(prior: Prior, units: Units, fast: GuidanceConfig, tilt: GuidanceConfig, smc_particles: int,
+                       smc_population: int, seed: int = 0, batch_size: int = 64) -> dict[str, CandidateRun]:
+    """EnergyDPS variants, each ``run(units_U, target_U, lambda_U, n)``: ``capped`` (``fast``,
+    the cap calibrated to t), ``tilt`` (``tilt``: the tilt's own lambda, uncapped, no final
+    shift), ``tilt+final shift`` (the release's shift after the last step), ``tilt 2 lambda``
+    (lambda doubled: the plug-in's usual shortfall in psi made up) and ``twisted SMC``
+    (``smc_particles`` per unit, annealed twist, :func:`~klsc_lib.explain.run_twisted_smc`) and
+    ``twisted SMC, independent`` (a population of ``smc_population`` particles per kept sample)."""
+    return {
+        "capped": lambda u, t, lam, n: run_energy_dps(prior, units, u, t, n, fast, seed, batch_size, disable=True),
+        "tilt": lambda u, t, lam, n: run_tilt(prior, units, u, t, lam, n, tilt, seed, batch_size),
+        "tilt+final shift": lambda u, t, lam, n: run_tilt(prior, units, u, t, lam, n, replace(tilt, final_shift=True),
+                                                          seed, batch_size),
+        "tilt 2 lambda": lambda u, t, lam, n: run_tilt(prior, units, u, t, 2 * lam, n, tilt, seed, batch_size),
+        "twisted SMC": lambda u, t, lam, n: run_twisted_smc(prior, units, u, t, lam, n, smc_particles, tilt, seed),
+        "twisted SMC, independent": lambda u, t, lam, n: run_twisted_smc(
+            prior, units, u, t, lam, n, smc_population, tilt, seed, independent=True,
+            units_per_batch=max(1, 4 * smc_particles // smc_population)),
+    }
+
+
+def reach(store: SamplesStore, units_U: torch.Tensor, target_U: torch.Tensor, budget: int,
+          level: float = 0.9) -> dict[str, float]:
+    """How an optimisation baseline met its level within its fixed step budget (Sec 3.2;
+    App J.3): the share of units whose mean psi reached ``level`` x t, the share that reached
+    t, and the median step at which those reached it (the stored knob: the first checked
+    step at t; for a unit that never did, the step closest to t, which is not counted)."""
+    got = [store.get(int(u)) for u in units_U.tolist()]
+    psi_U = torch.stack([s.psi_B.float().mean() for s in got])
+    steps_U = torch.stack([s.extras["knob"].float().reshape(()) for s in got])
+    at_t = psi_U >= target_U.float()
+    return {f"share_at_{level:g}t": float((psi_U >= level * target_U.float()).float().mean()),
+            "share_at_t": float(at_t.float().mean()),
+            "steps_to_t_median": float(steps_U[at_t].median()) if at_t.any() else float("nan"), "budget": budget}

@@ -129,6 +129,25 @@ def metric_bars(table: Mapping[str, Mapping[str, tuple[float, float, float]]], m
     return fig
 
 
+def metric_scatter(table: Mapping[str, Mapping[str, tuple[float, float, float]]], x: str, y: str,
+                   title: str = "", xline: float | None = None) -> plt.Figure:
+    """One labelled point per method at (mean ``x``, mean ``y``) with both intervals, e.g.
+    concept accuracy against psi / t; ``xline`` marks a reference x (t itself)."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.4), layout="constrained")
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for k, (m, row) in enumerate(table.items()):
+        (xm, xl, xh), (ym, yl, yh) = row[x], row[y]
+        ax.errorbar([xm], [ym], xerr=[[xm - xl], [xh - xm]], yerr=[[ym - yl], [yh - ym]], fmt="o", capsize=3,
+                    color=colours[k % len(colours)])
+        ax.annotate(m, (xm, ym), textcoords="offset points", xytext=(5, 4), fontsize=7)
+    if xline is not None:
+        ax.axvline(xline, color="0.6", lw=0.8, ls="--")
+    ax.set_xlabel(x)
+    ax.set_ylabel(y)
+    ax.set_title(title, fontsize=9)
+    return fig
+
+
 def strength_curve(rows: Sequence[tuple[float, float, float]], paper: Sequence[tuple[float, float]] = (),
                    title: str = "Strength ablation (Table 10 analogue)", unit: float = 1.0,
                    unit_name: str = "x", kid_label: str = "KID (backbone features)",

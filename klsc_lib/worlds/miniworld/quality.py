@@ -73,3 +73,34 @@ def targets_met(metrics: dict) -> dict[str, bool]:
             "prior_mean_max_prob": metrics["prior_mean_max_prob"] >= t["prior_mean_max_prob_min"],
             "cond_prior_digit_accuracy": metrics["cond_prior_digit_accuracy"] >= t["cond_prior_digit_accuracy_min"],
             "prior_factor_tv": max(metrics["prior_factor_tv_to_test"].values()) <= t["prior_factor_tv_max"]}
+
+
+def palette_distance(x_BCHW: torch.Tensor, alpha_steps: int = 65) -> torch.Tensor:
+    """(B, H, W) distance of each pixel (RGB in [-1, 1]) to the set a mini-world image's
+    pixels live on: (1 - a) g (1, 1, 1) + a c, a glyph colour c of :data:`.data.COLOURS`
+    blended with coverage a in [0, 1] over a grey level g in [-1, 1] (:func:`.data.render_batch`).
+    For each c and a on a grid of ``alpha_steps`` values the best g is the clamped mean of
+    (pixel - a c) / (1 - a); a = 1 is the pure colour."""
+    from klsc_lib.worlds.miniworld.data import COLOURS
+
+    if x_BCHW.ndim != 4 or x_BCHW.shape[1] != 3:
+        raise ValueError(f"need RGB images (B, 3, H, W), got shape {tuple(x_BCHW.shape)}")
+    p_P3 = x_BCHW.detach().float().cpu().permute(0, 2, 3, 1).reshape(-1, 3)
+    colours_K3 = torch.tensor(list(COLOURS.values())) * 2 - 1
+    a_A = torch.linspace(0, 1, alpha_steps)
+    best_P = torch.full((len(p_P3),), torch.inf)
+    for c_3 in colours_K3:
+        r_PA3 = p_P3[:, None, :] - a_A[None, :, None] * c_3  # what the grey part must explain
+        g_PA = (r_PA3.mean(-1) / (1 - a_A).clamp_min(1e-6)).clamp(-1, 1)
+        d_PA = (r_PA3 - ((1 - a_A) * g_PA)[..., None]).norm(dim=-1)
+        best_P = torch.minimum(best_P, d_PA.min(dim=1).values)
+    b, _, h, w = x_BCHW.shape
+    return best_P.reshape(b, h, w)
+
+
+def off_palette_fraction(x_BCHW: torch.Tensor, tol: float = 0.15) -> torch.Tensor:
+    """(B,) share of each image's pixels farther than ``tol`` (RGB distance, [-1, 1] units)
+    from every blend of a glyph colour over grey (:func:`palette_distance`): 0 for every real
+    world image, high for colour noise (an off-manifold metric that needs no reference set,
+    in place of the high-frequency fraction, which real glyph edges score highest on)."""
+    return (palette_distance(x_BCHW) > tol).float().mean(dim=(1, 2))
