@@ -42,8 +42,8 @@ from klsc_lib.baselines.maco import MacoPrior, crop_resize, maco
 from klsc_lib.baselines.proxy_guidance import DDIMChain, classifier_free, proxy_guidance
 from klsc_lib.constraints.calibration import bisect
 from klsc_lib.diffusion.energy_dps import sample_units
-from klsc_lib.diffusion.twisted_smc import sample_twisted_smc
 from klsc_lib.diffusion.guidance import SEED_SCHEME, GuidanceConfig, sample_seeds, unit_seeds
+from klsc_lib.diffusion.twisted_smc import sample_twisted_smc
 from klsc_lib.energies.units import Units
 from klsc_lib.interfaces import Prior, PromptProxy, World
 from klsc_lib.runtime import CostMeter
@@ -226,13 +226,13 @@ def run_tilt(prior: Prior, units: Units, units_U: Sequence[int] | torch.Tensor, 
 
 def run_twisted_smc(prior: Prior, units: Units, units_U: Sequence[int] | torch.Tensor, target_U: torch.Tensor,
                     lam_U: torch.Tensor, n_per_unit: int, n_particles: int, cfg: GuidanceConfig, seed: int = 0,
-                    anneal: bool = True, units_per_batch: int = 4, independent: bool = False) -> RunResult:
+                    anneal: bool = True, populations_per_batch: int = 4, independent: bool = False) -> RunResult:
     """Twisted SMC (:func:`klsc_lib.diffusion.twisted_smc.sample_twisted_smc`) toward each unit's
     tilt at lambda_U. Shared (default): one population of ``n_particles`` per unit, of which
     ``n_per_unit`` random ones (after the final resampling) are kept, so kept samples may
     share a lineage. ``independent``: every kept sample has its own population of
     ``n_particles`` and is one random particle of it after the final resampling (a draw of
-    that population's weighted law), so kept samples are independent. ``units_per_batch``
+    that population's weighted law), so kept samples are independent. ``populations_per_batch``
     populations share a batch. The cost counts every particle (seconds per kept sample);
     ``info`` has per population the distinct lineages behind its particles and its
     resampling events."""
@@ -245,9 +245,9 @@ def run_twisted_smc(prior: Prior, units: Units, units_U: Sequence[int] | torch.T
             for j in range(n_per_unit if independent else 1)]  # (unit, population index, lambda)
     xs, psis, ancestors, resamples = [], [], [], []
     with CostMeter() as meter:
-        for s in tqdm(range(0, len(pops), units_per_batch), desc=f"twisted SMC ({len(pops)} populations x "
+        for s in tqdm(range(0, len(pops), populations_per_batch), desc=f"twisted SMC ({len(pops)} populations x "
                       f"{n_particles} particles)", disable=None):
-            batch = pops[s:s + units_per_batch]
+            batch = pops[s:s + populations_per_batch]
             # population j of unit u: particles j * P ... (j + 1) * P - 1 of the unit's seed stream
             res = sample_twisted_smc(
                 prior, units.energy(torch.tensor([u for u, _, _ in batch]).repeat_interleave(n_particles)), cfg,

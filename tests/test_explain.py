@@ -336,7 +336,7 @@ def test_twisted_smc_keeps_n_of_its_particles_and_counts_every_particle_in_the_c
 
     prior, _, units = world
     res = run_twisted_smc(prior, units, torch.tensor([1, 5, 7]), torch.full((3,), 0.3), torch.full((3,), 5.0), 2, 6,
-                          GuidanceConfig.tilt(5), units_per_batch=2)
+                          GuidanceConfig.tilt(5), populations_per_batch=2)
     assert res.images_UNCHW.shape == (3, 2, *SHAPE) and res.psi_UN.shape == (3, 2)
     assert res.seconds_per_sample == pytest.approx(res.seconds / 6)
     assert res.info["n_particles"] == 6 and ((1 <= res.info["ancestors_U"]) & (res.info["ancestors_U"] <= 6)).all()
@@ -355,12 +355,12 @@ def test_independent_twisted_smc_draws_each_kept_sample_from_its_own_population(
 
     prior, _, units = world
     u, t, lam = torch.tensor([1, 5]), torch.full((2,), 0.3), torch.full((2,), 5.0)
-    ind = run_twisted_smc(prior, units, u, t, lam, 3, 4, GuidanceConfig.tilt(5), independent=True, units_per_batch=4)
+    ind = run_twisted_smc(prior, units, u, t, lam, 3, 4, GuidanceConfig.tilt(5), independent=True, populations_per_batch=4)
     assert ind.images_UNCHW.shape == (2, 3, *SHAPE) and len(ind.info["ancestors_U"]) == 6
     flat = ind.images_UNCHW.flatten(0, 1).flatten(1)
     assert torch.cdist(flat, flat).add(torch.eye(6) * 1e9).min() > 1e-3  # six distinct draws
-    shared = run_twisted_smc(prior, units, u, t, lam, 1, 4, GuidanceConfig.tilt(5), units_per_batch=4)
-    one = run_twisted_smc(prior, units, u, t, lam, 1, 4, GuidanceConfig.tilt(5), independent=True, units_per_batch=4)
+    shared = run_twisted_smc(prior, units, u, t, lam, 1, 4, GuidanceConfig.tilt(5), populations_per_batch=4)
+    one = run_twisted_smc(prior, units, u, t, lam, 1, 4, GuidanceConfig.tilt(5), independent=True, populations_per_batch=4)
     torch.testing.assert_close(one.images_UNCHW, shared.images_UNCHW)  # n = 1: the same population and pick
     with torch.no_grad():
         again = units.energy(u.repeat_interleave(3))(ind.images_UNCHW.flatten(0, 1))

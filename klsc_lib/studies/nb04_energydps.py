@@ -174,7 +174,7 @@ def sampler_candidates(prior: Prior, units: Units, fast: GuidanceConfig, tilt: G
         "twisted SMC": lambda u, t, lam, n: run_twisted_smc(prior, units, u, t, lam, n, smc_particles, tilt, seed),
         "twisted SMC, independent": lambda u, t, lam, n: run_twisted_smc(
             prior, units, u, t, lam, n, smc_population, tilt, seed, independent=True,
-            units_per_batch=max(1, 4 * smc_particles // smc_population)),
+            populations_per_batch=max(1, 4 * smc_particles // smc_population)),
     }
 
 
