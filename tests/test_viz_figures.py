@@ -97,6 +97,22 @@ def test_method_rows_write_column_titles_and_a_label_under_each_image():
     assert axes[2].get_ylabel() == "EnergyDPS"
 
 
+def test_method_rows_title_fits_inside_a_narrow_figure():
+    """A long title (notebook 04's Fig 4 names every matched method) is wrapped, not cut at the edges."""
+    import torch
+
+    from klsc_lib.viz.explanations import method_rows
+
+    panels = {"f0": {"TopK": torch.zeros(4, 3, 4, 4)}}
+    title = "Fig 4: " + " ".join(f"method{i}" for i in range(30)) + "\nsecond line"
+    fig = method_rows(panels, None, title)
+    fig.canvas.draw()
+    box, frame = fig._suptitle.get_window_extent(), fig.bbox
+    assert box.x0 >= frame.x0 and box.x1 <= frame.x1 and box.y1 <= frame.y1
+    assert fig._suptitle.get_text().replace("\n", " ").split() == title.split()  # every word kept, in order
+    plt.close(fig)
+
+
 def test_feature_panels_caption_psi_as_a_fraction_of_t():
     import torch
 

@@ -3,6 +3,7 @@ method, strips along a knob, and per-method bars with confidence intervals."""
 
 from __future__ import annotations
 
+import textwrap
 from typing import Mapping, Sequence
 
 import matplotlib.pyplot as plt
@@ -48,7 +49,8 @@ def method_rows(panels: Mapping[str, Mapping[str, torch.Tensor]],
             r += 1
     for j, t in enumerate(col_titles or ()):
         axes[0, j].set_title(t, fontsize=7)
-    fig.suptitle(title, fontsize=9)
+    width = int(fig.get_figwidth() * 11)  # characters of a 9 pt title that fit on a line (DejaVu Sans ~6 pt each)
+    fig.suptitle("\n".join(textwrap.fill(line, width) for line in title.splitlines()), fontsize=9)
     fig.tight_layout()
     return fig
 
