@@ -14,7 +14,7 @@ DEVICE ?= auto
 export HF_HUB_OFFLINE := 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup figures test bench sync clean-figures miniworld lab screenshot
+.PHONY: setup figures test bench sync clean-figures miniworld lab screenshot seed-check
 
 setup: $(STAMP)
 
@@ -30,6 +30,13 @@ $(STAMP): pyproject.toml | $(PYTHON)
 
 figures: $(STAMP)
 	$(PYTHON) -m klsc_lib.notebook_runner --profile $(PROFILE) --device $(DEVICE) --out figures
+
+# Notebook 04 again with another seed (its own transcoder, features and samples; about as long as
+# notebook 04 itself) and a page saying whether its claims and rankings are those of figures/04_energydps.
+SEED_CHECK ?= 1
+seed-check: $(STAMP)
+	$(PYTHON) -m klsc_lib.notebook_runner --profile $(PROFILE) --device $(DEVICE) --seed $(SEED_CHECK) --out figures/seed$(SEED_CHECK) 04_energydps
+	$(PYTHON) -m klsc_lib.studies.seed_check figures/04_energydps figures/seed$(SEED_CHECK)/04_energydps --out figures/seed$(SEED_CHECK)/SEED_CHECK.md
 
 # One intra-op thread: results are bitwise independent of the thread count, which the
 # 1-vs-2-process pipeline tests compare (and small models run faster on a shared 2-core box).

@@ -204,10 +204,12 @@ def run_energy_dps(prior: Prior, units: Units, units_U: Sequence[int] | torch.Te
 
 def run_tilt(prior: Prior, units: Units, units_U: Sequence[int] | torch.Tensor, target_U: torch.Tensor,
              lam_U: torch.Tensor, n_per_unit: int, cfg: GuidanceConfig, seed: int = 0,
-             batch_size: int = 64) -> RunResult:
+             batch_size: int = 64, guide_units: Units | None = None) -> RunResult:
     """The plug-in tilt (``GuidanceConfig.tilt()``): EnergyDPS with the tilt's own lambda_U per
     unit (e.g. :func:`klsc_lib.constraints.exact_reference.solve_tilt` on real images' psi at
-    t_U), uncapped, one pass, no calibration; the knob is lambda_U."""
+    t_U), uncapped, one pass, no calibration; the knob is lambda_U. ``guide_units`` (the same
+    units read another way, e.g. another ``center_frac``) steers the sampler instead of
+    ``units``; the reported psi is always ``units``'."""
     if cfg.step_size != "tilted_score" or cfg.cap_rule != "none":
         raise ValueError("run_tilt samples p e^{lambda psi} with the tilt's lambda: use GuidanceConfig.tilt() "
                          f"(step_size='tilted_score', cap_rule='none'), got step_size={cfg.step_size!r}, "
@@ -218,8 +220,13 @@ def run_tilt(prior: Prior, units: Units, units_U: Sequence[int] | torch.Tensor, 
         raise ValueError(f"need one finite lambda per unit ({len(units_U)}), got {lam_U.tolist()}")
     n = n_per_unit
     with CostMeter() as meter:
-        x, psi = sample_units(prior, units.energy, units_U.repeat_interleave(n), cfg, unit_seeds(seed, units_U, n),
+        units_B = units_U.repeat_interleave(n)
+        x, psi = sample_units(prior, (guide_units or units).energy, units_B, cfg, unit_seeds(seed, units_U, n),
                               lam_B=lam_U.repeat_interleave(n), batch_size=batch_size, device=units.device)
+        if guide_units is not None:
+            with torch.no_grad():
+                psi = torch.cat([units.energy(units_B[s:s + batch_size])(x[s:s + batch_size].to(units.device)).cpu()
+                                 for s in range(0, len(x), batch_size)])
     return RunResult("EnergyDPS", units_U, x.reshape(len(units_U), n, *x.shape[1:]), psi.reshape(len(units_U), n),
                      lam_U, torch.as_tensor(target_U, dtype=torch.float32), meter.seconds, meter.peak_bytes)
 

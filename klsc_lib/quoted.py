@@ -10,7 +10,8 @@ once rendered::
     the claim fails<!--holds 04:energydps_best_concept -->
 
 ``<!--= SOURCE:PATH [OP OPERAND]... [~R%] -->`` names a number: ``SOURCE`` is a
-notebook's number (``04`` for ``figures/04_energydps``) or ``quality`` (the default
+notebook's number (``04`` for ``figures/04_energydps``; ``seed1/04`` for another run of it in
+``figures/seed1/04_energydps``) or ``quality`` (the default
 world's ``quality.json``); ``PATH`` walks the JSON with dots (see :func:`resolve`);
 ``OP`` is one of ``* / + -`` (spaces around it) with a number or another
 ``SOURCE:PATH`` as operand, evaluated left to right. The quoted number must equal the
@@ -117,9 +118,11 @@ class Sources:
         if name == "quality":
             world = self("03")["metrics"]["world/config_hash"]["ours"]
             return self.root / "klsc_lib" / "worlds" / "miniworld" / "weights" / world / "quality.json"
-        found = sorted(self.root.glob(f"figures/{name}_*/metrics.json"))
+        run, _, nb = name.rpartition("/")  # "seed1/04": figures/seed1/04_*, another run of notebook 04
+        pattern = f"figures/{run + '/' if run else ''}{nb}_*/metrics.json"
+        found = sorted(self.root.glob(pattern))
         if len(found) != 1:
-            raise QuoteError(f"source {name!r}: expected one figures/{name}_*/metrics.json, found {len(found)}")
+            raise QuoteError(f"source {name!r}: expected one {pattern}, found {len(found)}")
         return found[0]
 
     def number(self, ref: str) -> float:

@@ -124,19 +124,22 @@ def test_cap_below_every_psi_is_unguided_and_above_is_uncapped():
     assert not torch.allclose(run(1.0, 0.5), run(1.0, None))
 
 
-@pytest.mark.parametrize("which", ["ddpm", "ddim0"])
+@pytest.mark.parametrize("which", ["ddpm", "ddim0", "ddpm, recurrence 2"])
 def test_linear_psi_on_a_gaussian_gives_the_shifted_gaussian_tilt(which):
     """p = N(mu, s^2 I), psi = a.x: q_lambda = N(mu + lambda s^2 a, s^2 I) (Def 2.2). For a linear psi
     on a Gaussian the plug-in guidance through the denoiser is the exact grad log h_t, so the
-    tilted-score step samples the tilt: DDPM (all 1000 steps) and DDIM eta = 0 (the tilted flow)."""
+    tilted-score step samples the tilt: DDPM (all 1000 steps) and DDIM eta = 0 (the tilted flow).
+    Self-recurrence re-noises with the forward kernel, which maps the tilt's marginal at t-1 to
+    its marginal at t, so repeating every exact step leaves the law unchanged."""
     mu, s, lam = torch.tensor([0.5, -1.0], dtype=F64), 0.7, 1.5
     a = torch.tensor([1.0, 2.0], dtype=F64)
     n = 3000
     prior, psi = gaussian_prior(), Energy(lambda x: x @ a, "linear")
     gen = torch.Generator().manual_seed(1)
     x_T = torch.randn(n, 2, generator=gen, dtype=F64)
-    if which == "ddpm":
-        cfg = GuidanceConfig(num_steps=None, step_size="tilted_score", cap_rule="none")
+    if which.startswith("ddpm"):
+        cfg = GuidanceConfig(num_steps=None, step_size="tilted_score", cap_rule="none",
+                             recurrence=2 if "recurrence" in which else 1)
         x0 = sample_energy_dps(prior, psi, cfg, x_T=x_T, lam_B=lam, generators=gen, disable=True)
     else:
         cfg = GuidanceConfig(num_steps=200, sampler="ddim", eta=0.0, step_size="tilted_score", cap_rule="none")
@@ -183,6 +186,9 @@ def test_bad_arguments_are_rejected():
         sample_energy_dps(prior, lambda x: x.sum(-1), GuidanceConfig(num_steps=40), **kw)
     with pytest.raises(ValueError, match="sets the cap itself"):
         sample_energy_dps(prior, lambda x: x.sum(-1), GuidanceConfig.paper(), cap_B=1.0, **kw)
+    for bad in (dict(psi_views=0), dict(recurrence=0), dict(view_shift=-1), dict(shift_clip=0.0)):
+        with pytest.raises(ValueError, match="psi_views|shift_clip"):
+            replace(UNCAPPED, **bad)
 
 
 class LearnedSigma(nn.Module):
@@ -258,3 +264,60 @@ def test_without_the_final_shift_the_last_step_is_the_unguided_posterior_mean():
     assert float((shifted - plain)[:, 0].min()) > 0 and torch.equal(shifted[:, 1], plain[:, 1])
     many = replace(UNCAPPED, final_shift=False)  # earlier steps are still guided
     assert float(run(many, 3.0)[:, 0].mean()) > float(run(many, 0.0)[:, 0].mean()) + 0.5
+
+
+def test_recurrence_repeats_every_step_and_changes_the_draw():
+    """recurrence r: r denoiser reads per step (the callback sees each), and the re-noised
+    passes give other samples than r = 1 from the same seeds."""
+    prior, psi = gaussian_prior(), Energy(lambda x: x[:, 0], "x1")
+    seen = []
+    cfg = replace(UNCAPPED, num_steps=7, recurrence=3)
+    x3 = sample_energy_dps(prior, psi, cfg, lam_B=0.5, generators=list(range(6)), dtype=F64, disable=True,
+                           callback=lambda d: seen.append(d["i"]))
+    assert seen == [i for i in range(7) for _ in range(3)]
+    x1 = sample_energy_dps(prior, psi, replace(cfg, recurrence=1), lam_B=0.5, generators=list(range(6)), dtype=F64,
+                           disable=True)
+    assert not torch.allclose(x1, x3)
+
+
+def test_clipped_shift_never_exceeds_the_steps_noise_norm():
+    """shift_clip c: every guidance shift has norm <= c sigma_i sqrt(D) (sigma_i^2 = beta-tilde of the
+    step, computed here from the alpha bars) and points where the unclipped one does; a huge
+    c changes nothing."""
+    prior = image_prior()
+    psi = Energy(lambda x: 50 * x.mean(dim=(1, 2, 3)), "bright")
+    cfg = replace(UNCAPPED, num_steps=8, final_shift=False)
+    seen, raw = [], []
+    run = lambda c, log: sample_energy_dps(prior, psi, replace(cfg, shift_clip=c), lam_B=200.0,  # noqa: E731
+                                           generators=list(range(4)), disable=True, callback=log.append)
+    x_clip = run(0.3, seen)
+    assert torch.equal(run(1e9, raw)[0], sample_energy_dps(prior, psi, cfg, lam_B=200.0, generators=list(range(4)),
+                                                           disable=True)[0])
+    steps = spaced_timesteps(SCHEDULE, cfg.num_steps).tolist()
+    pairs = list(zip(steps, steps[1:] + [-1]))
+    first = seen[0]["shift"].flatten(1)
+    assert torch.allclose(torch.nn.functional.cosine_similarity(first, raw[0]["shift"].flatten(1)), torch.ones(4))
+    for d, (t, t_prev) in zip(seen, pairs):
+        if d["shift"] is None:
+            assert t_prev < 0
+            continue
+        abar = float(SCHEDULE.alphas_cumprod_T[t])
+        abar_prev = float(SCHEDULE.alphas_cumprod_T[t_prev])
+        sigma = math.sqrt((1 - abar_prev) / (1 - abar) * (1 - abar / abar_prev))
+        assert float(d["shift"].flatten(1).norm(dim=1).max()) <= 0.3 * sigma * math.sqrt(3 * 16 * 16) * (1 + 1e-5)
+    assert x_clip.isfinite().all()
+
+
+def test_psi_views_guide_with_the_mean_over_shifted_copies():
+    """psi_views k: the psi guidance reads at a step is the mean of psi over k shifted copies of
+    x0-hat, checked against the centre pixel read at the shifted positions by hand."""
+    from klsc_lib.energies.views import view_offsets
+
+    prior = image_prior()
+    psi = Energy(lambda x: x[:, 0, 8, 8], "centre")
+    seen = []
+    cfg = replace(UNCAPPED, num_steps=3, psi_views=5, view_shift=2)
+    sample_energy_dps(prior, psi, cfg, lam_B=1.0, generators=[1, 2], disable=True, callback=seen.append)
+    for d in seen:
+        by_hand = torch.stack([d["denoised"][:, 0, 8 - dy, 8 - dx] for dy, dx in view_offsets(5, 2, d["i"])]).mean(0)
+        torch.testing.assert_close(d["psi"], by_hand)

@@ -325,6 +325,10 @@ def test_the_plug_in_tilt_at_lambda_zero_is_unguided_and_rises_with_lambda(world
     assert torch.equal(zero.images_UNCHW.flatten(0, 1), plain) and zero.knob_U.tolist() == [0.0, 0.0]
     strong = run_tilt(prior, units, u, t, torch.full((2,), 50.0), 3, tilt)
     assert float(strong.psi_UN.mean()) > float(zero.psi_UN.mean())
+    full = run_tilt(prior, units, u, t, torch.full((2,), 50.0), 3, tilt, guide_units=replace_cfg(units, center_frac=1.0))
+    assert not torch.equal(full.images_UNCHW, strong.images_UNCHW)  # steered by the whole map ...
+    with torch.no_grad():  # ... but reported on the units' own psi
+        torch.testing.assert_close(full.psi_UN.flatten(), units.energy(u.repeat_interleave(3))(full.images_UNCHW.flatten(0, 1)))
     with pytest.raises(ValueError, match="GuidanceConfig.tilt"):
         run_tilt(prior, units, u, t, torch.zeros(2), 3, FAST)
     with pytest.raises(ValueError, match="one finite lambda per unit"):

@@ -48,6 +48,10 @@ def sources(tmp_path):
                     "mib": {"ours": 9697}},
         "claims": [{"id": "energydps_best_concept", "holds": False, "ours": {"MACO": 0.53}},
                    {"id": "kid_lowest", "holds": True, "ours": 0.0369}]}))
+    other = tmp_path / "figures" / "seed1" / "04_demo"  # another run of the same notebook
+    other.mkdir(parents=True)
+    (other / "metrics.json").write_text(json.dumps({"metrics": {"neurons": {"ours": {"n": 32}}},
+                                                    "claims": [{"id": "kid_lowest", "holds": False}]}))
     return Sources(tmp_path)
 
 
@@ -65,6 +69,7 @@ def sources(tmp_path):
     "the paper's 16.2<!--= 04:table3/EnergyDPS.paper.psi -->",
     "the claim fails<!--holds 04:energydps_best_concept -->, the other holds<!--holds 04:kid_lowest -->",
     "in `0.5<!--= 04:neurons.n -->` code spans markers are examples, not quotes",
+    "64<!--= 04:neurons.n --> here, 32<!--= seed1/04:neurons.n --> in the other run, where it fails<!--holds seed1/04:kid_lowest -->",
 ])
 def test_quotes_that_agree_pass(sources, text):
     problems, n = check_text(text, sources, "t.md")
@@ -92,6 +97,7 @@ def test_a_drifted_number_or_verdict_fails(sources, text, says):
 @pytest.mark.parametrize("text, why", [
     ("KID 0.037<!--= 04:table3/EnergyDPS.KID vit.0 -->", "has no"),  # a key that does not exist
     ("KID 0.037<!--= 09:table3 -->", "expected one"),  # no such notebook
+    ("n 32<!--= seed2/04:neurons.n -->", "expected one figures/seed2/04_*"),  # no such run
     ("KID<!--= 04:table3/EnergyDPS.KID backbone.0 -->", "no number"),  # nothing quoted
     ("table<!--= 04:table3/EnergyDPS -->", "no number"),
     ("n 1<!--= 04:table3/EnergyDPS.KID backbone -->", "not a number"),  # a list, not a number

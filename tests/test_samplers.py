@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from klsc_lib.diffusion.gmm_oracle import GMMOracle, GaussianMixture, gmm_oracle_prior
-from klsc_lib.diffusion.samplers import (ancestral_step, initial_noise, sample_ddim, sample_ddpm, spaced_timesteps,
-                                         step_alphas, step_pairs, tilted_score_step_size)
+from klsc_lib.diffusion.samplers import (ancestral_step, initial_noise, renoise, sample_ddim, sample_ddpm,
+                                         spaced_timesteps, step_alphas, step_pairs, tilted_score_step_size)
 from klsc_lib.interfaces import DDPMSchedule
 from klsc_lib.worlds.gmm import four_mode_gmm
 
@@ -67,6 +67,20 @@ def test_ancestral_step_keeps_the_forward_marginals(t, t_prev):
     abar_prev = float(schedule.alphas_cumprod_T[t_prev])
     assert abs(float(x_prev.mean()) - abar_prev**0.5 * 0.8) < 4 / n**0.5
     assert float(x_prev.var()) == pytest.approx(1 - abar_prev, rel=0.01, abs=4e-3)
+
+
+@pytest.mark.parametrize("t, t_prev", [(500, 499), (700, 650), (30, -1)])
+def test_renoise_takes_the_prev_marginal_to_the_t_marginal(t, t_prev):
+    """Self-recurrence goes back up a step: x_prev ~ N(sqrt(abar_prev) x0, (1 - abar_prev)) re-noised
+    must be N(sqrt(abar_t) x0, 1 - abar_t), by Monte Carlo (t_prev = -1: x_prev is x0 itself)."""
+    schedule = DDPMSchedule()
+    n, gen = 200_000, torch.Generator().manual_seed(6)
+    abar = float(schedule.alphas_cumprod_T[t])
+    abar_prev = float(schedule.alphas_cumprod_T[t_prev]) if t_prev >= 0 else 1.0
+    x_prev = abar_prev**0.5 * 0.8 + (1 - abar_prev) ** 0.5 * torch.randn(n, 1, generator=gen, dtype=torch.float64)
+    x_t = renoise(schedule, x_prev, t, t_prev, torch.randn(n, 1, generator=gen, dtype=torch.float64))
+    assert abs(float(x_t.mean()) - abar**0.5 * 0.8) < 4 / n**0.5
+    assert float(x_t.var()) == pytest.approx(1 - abar, rel=0.01, abs=4e-3)
 
 
 @pytest.mark.parametrize("t, t_prev", [(400, 399), (400, 350), (0, -1)])

@@ -5,6 +5,7 @@ e^{lambda psi} is known in closed form for psi(x) = x_0 + c x_1^2."""
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -90,6 +91,10 @@ def test_configurations_that_do_not_target_the_tilt_are_refused():
                 GuidanceConfig(num_steps=10, step_size="tilted_score", cap_rule="none", sampler="ddim")):
         with pytest.raises(ValueError, match="twisted SMC targets"):
             sample_twisted_smc(prior, _psi(), bad, torch.ones(1), 4, generators=list(range(4)),
+                               resample_generators=[torch.Generator()])
+    for extra in (dict(psi_views=2), dict(recurrence=2), dict(shift_clip=1.0)):
+        with pytest.raises(ValueError, match="one plain guided step"):
+            sample_twisted_smc(prior, _psi(), replace(SMC, **extra), torch.ones(1), 4, generators=list(range(4)),
                                resample_generators=[torch.Generator()])
     with pytest.raises(ValueError, match="one resampling generator per unit"):
         sample_twisted_smc(prior, _psi(), SMC, torch.ones(2), 4, generators=list(range(8)),

@@ -23,6 +23,10 @@ tilt p^lambda ∝ p e^{lambda psi} (eq. 24). Every choice is a field of one
   its own gradient; no batch-wide normalisation), and per-sample generators, so a
   batch of B equals B single runs with the same seeds.
 - the cap rule and ``cap_mode`` clip / hinge / target (App J.2, :mod:`klsc_lib.energies.caps`).
+- ``psi_views``, ``recurrence``, ``shift_clip``: psi read on shifted copies of x0-hat
+  (:mod:`klsc_lib.energies.views`), self-recurrence (each step repeated, re-noised in
+  between; Bansal et al. 2023) and each sample's shift clipped to its step's noise norm
+  (:func:`clip_shift`), the corrections notebook 04 measures against the exact tilt.
 - :func:`sample_units`: many units' samples in batches that mix units.
 - ``guidance.speed`` (:mod:`klsc_lib.diffusion.speed`): how the networks run; float32
   eager by default. The psi that :func:`sample_units` reports is always float32.
@@ -40,11 +44,12 @@ import torch
 
 from klsc_lib.diffusion.guidance import GuidanceConfig
 from klsc_lib.diffusion.samplers import (Callback, DenoiserOutput, Generators, Variance, denoise, initial_noise,
-                                         resolve_generators, reverse_process, tilted_score_step_size)
+                                         resolve_generators, reverse_process, step_alphas, tilted_score_step_size)
 from klsc_lib.diffusion.speed import to_channels_last
 from klsc_lib.energies.base import Energy, ScoreFn
 from klsc_lib.energies.caps import capped_objective
-from klsc_lib.interfaces import Prior
+from klsc_lib.energies.views import shifted_views
+from klsc_lib.interfaces import DDPMSchedule, Prior
 
 
 class NonFiniteGuidance(FloatingPointError):
@@ -138,6 +143,22 @@ def _per_sample(value, batch: int, like: torch.Tensor, what: str) -> torch.Tenso
     return v.reshape(-1, *([1] * (like.ndim - 1)))
 
 
+def posterior_std(schedule: DDPMSchedule, t: int, t_prev: int) -> float:
+    """sqrt(beta-tilde) of one (respaced) step: the std of the noise a DDPM step adds (0 at the last)."""
+    abar, abar_prev, beta = step_alphas(schedule, t, t_prev)
+    return (beta * (1 - abar_prev) / (1 - abar)) ** 0.5
+
+
+def clip_shift(shift_B: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Each sample's shift scaled down (never up) to a norm of at most sigma x sqrt(its
+    dimension): the norm of the noise a step with std sigma adds, so guidance never moves a
+    sample farther than the step's own noise does."""
+    limit = sigma * shift_B[0].numel() ** 0.5
+    norm_B = shift_B.flatten(1).norm(dim=1)
+    scale_B = torch.where(norm_B > limit, limit / norm_B.clamp_min(torch.finfo(norm_B.dtype).tiny), 1.0)
+    return shift_B * scale_B.reshape(-1, *([1] * (shift_B.ndim - 1)))
+
+
 def sample_energy_dps(prior: Prior, energy: Energy | ScoreFn, guidance: GuidanceConfig, *,
                       cap_B: torch.Tensor | float | None = None, lam_B: torch.Tensor | float | None = None,
                       x_T: torch.Tensor | None = None, generators: Generators = None, batch_size: int | None = None,
@@ -151,7 +172,8 @@ def sample_energy_dps(prior: Prior, energy: Energy | ScoreFn, guidance: Guidance
     replacing the configured per-step scale (e.g. the tilt's lambda with
     ``step_size="tilted_score"``). With lambda 0 the samples are those of the unguided
     :func:`~klsc_lib.diffusion.samplers.sample_ddpm` / ``sample_ddim`` bit for bit.
-    ``callback`` gets ``{"x", "i", "t", "denoised", "psi"}``."""
+    ``callback`` gets ``{"x", "i", "t", "denoised", "psi", "shift"}`` (psi as guidance read it;
+    the shift added after the step, None where none is)."""
     speed = guidance.speed
     if speed.channels_last:
         to_channels_last(prior.eps)
@@ -172,7 +194,8 @@ def sample_energy_dps(prior: Prior, energy: Energy | ScoreFn, guidance: Guidance
     log, defer = _FiniteLog(), defer_checks(x_T.device)
 
     def guide(x: torch.Tensor, i: int, t: int, t_prev: int):
-        out = guidance_step(prior, energy, x, t, i, cap_B=cap, cap_mode=guidance.cap_mode, kappa=guidance.kappa,
+        read = energy if guidance.psi_views == 1 else shifted_views(energy, guidance.psi_views, guidance.view_shift, i)
+        out = guidance_step(prior, read, x, t, i, cap_B=cap, cap_mode=guidance.cap_mode, kappa=guidance.kappa,
                             grad_through_denoiser=guidance.grad_through_denoiser, variance=variance,
                             check=not defer)
         if defer:
@@ -180,12 +203,14 @@ def sample_energy_dps(prior: Prior, energy: Energy | ScoreFn, guidance: Guidance
         zeta_i = (tilted_score_step_size(schedule, t, t_prev, 1.0 if eta is None else eta)
                   if guidance.step_size == "tilted_score" else 1.0)
         shift = None if (t_prev < 0 and not guidance.final_shift) else (zeta_i * lam) * out.grad
-        return out, shift, {"psi": out.psi}
+        if shift is not None and guidance.shift_clip is not None:
+            shift = clip_shift(shift, guidance.shift_clip * posterior_std(schedule, t, t_prev))
+        return out, shift, {"psi": out.psi, "shift": shift}
 
     with speed.math():
         x_0 = reverse_process(prior.eps, x_T, schedule, eta=eta, callback=callback, disable=disable,
                               generator=gens, timesteps=guidance.timesteps(schedule), clip_x0=prior.clip_x0,
-                              variance=variance, guide=guide)
+                              variance=variance, guide=guide, recurrence=guidance.recurrence)
     log.raise_first(energy, batch)
     return x_0
 

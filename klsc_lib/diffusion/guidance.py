@@ -9,6 +9,11 @@ through the denoiser, half the paper's total guidance. ``GuidanceConfig.tilt()``
 uncapped plug-in of the tilt p e^{lambda psi} with the tilt's own lambda per unit, which
 notebook 04 measures against the exact tilt beside the capped configuration.
 
+Three corrections measured against the exact tilt in notebook 04 (off by default):
+``psi_views`` (psi read on shifted copies of x0-hat), ``recurrence`` (each step repeated
+with re-noising in between) and ``shift_clip`` (each sample's guidance shift at most a
+multiple of the noise its step adds).
+
 ``strength`` is the total guidance relative to the paper's (zeta * lambda = 1.0 per
 step over 1000 steps, App J.4): the per-step scale is strength x 1.0 x T / steps, T the
 prior's training steps, so changing ``num_steps`` keeps the pull of the whole chain.
@@ -64,6 +69,11 @@ class GuidanceConfig:
     calib_iters: int = 3  # calibration: bisection halvings
     final_shift: bool = True  # add the guidance shift after the last step too (the release); False: x_0 is the
     # last posterior mean, no shift that no later denoiser step could clean up
+    psi_views: int = 1  # guidance reads psi(x0-hat) averaged over this many shifted copies (energies.views)
+    view_shift: int = 2  # the views' largest shift in pixels
+    recurrence: int = 1  # self-recurrence: each step taken this many times, re-noised in between (Universal Guidance)
+    shift_clip: float | None = None  # per-sample: the guidance shift's norm is clipped at shift_clip x the step's
+    # noise norm (posterior std x sqrt(dim)); None: unclipped
     speed: Speed = Speed()  # how the networks run (TF32, bf16, channels_last, compile); float32 eager
 
     def __post_init__(self) -> None:
@@ -79,6 +89,17 @@ class GuidanceConfig:
             raise ValueError(f"DDIM eta must be in [0, 1], got {self.eta}")
         if self.num_steps is not None and self.num_steps < 1:
             raise ValueError(f"num_steps must be >= 1 (or None for every training step), got {self.num_steps}")
+        if self.psi_views < 1 or self.view_shift < 0 or self.recurrence < 1:
+            raise ValueError(f"need psi_views >= 1, view_shift >= 0 and recurrence >= 1, got {self.psi_views}, "
+                             f"{self.view_shift}, {self.recurrence}")
+        if self.shift_clip is not None and not self.shift_clip > 0:
+            raise ValueError(f"shift_clip must be > 0 (a multiple of the step's noise norm) or None, got {self.shift_clip}")
+
+    @property
+    def plain_steps(self) -> bool:
+        """Whether every step is one plain guided step on psi itself (no views, recurrence or
+        shift clip): what samplers that weight the proposal's density, like twisted SMC, need."""
+        return self.psi_views == 1 and self.recurrence == 1 and self.shift_clip is None
 
     @classmethod
     def paper(cls) -> "GuidanceConfig":

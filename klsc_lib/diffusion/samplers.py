@@ -223,35 +223,51 @@ def reverse_process(model: Callable[..., torch.Tensor], x: torch.Tensor, schedul
                     eta: float | None, extra_args: dict | None = None, callback: Callback | None = None,
                     disable: bool | None = None, generator: Generators = None,
                     timesteps: torch.Tensor | None = None, clip_x0: tuple[float, float] | None = None,
-                    variance: Variance = "auto", guide: Guide | None = None) -> torch.Tensor:
+                    variance: Variance = "auto", guide: Guide | None = None, recurrence: int = 1) -> torch.Tensor:
     """Walk ``timesteps`` from x = x_T: DDPM ancestral steps (``eta=None``) or DDIM(eta).
 
     ``guide(x, i, t, t_prev) -> (denoiser output, shift or None, callback extras)``
-    replaces the plain model call; its shift is added to x_prev after the step."""
+    replaces the plain model call; its shift is added to x_prev after the step.
+    ``recurrence`` r > 1 is self-recurrence (Bansal et al. 2023, "Universal Guidance"):
+    each step is taken r times, x_prev re-noised back to x_t by the forward kernel
+    (:func:`renoise`) between passes; with an exact (tilted) score every pass keeps the
+    target's marginals, so r only buys the guidance more chances to act."""
     if eta is not None and not 0.0 <= eta <= 1.0:
         raise ValueError(f"DDIM eta must be in [0, 1], got {eta}")
+    if recurrence < 1:
+        raise ValueError(f"recurrence must be >= 1 (1 = each step once), got {recurrence}")
     timesteps = validated_timesteps(schedule, timesteps)
     gens = resolve_generators(generator, x.shape[0])
     x = x.detach()
     for i, (t, t_prev) in enumerate(tqdm(step_pairs(timesteps), disable=disable)):
-        if guide is None:
-            with torch.no_grad():
-                out = denoise(model, schedule, x, t, extra_args, clip_x0, variance)
-            shift, extras = None, {}
-        else:
-            out, shift, extras = guide(x, i, t, t_prev)
-        if callback is not None:
-            callback({"x": x, "i": i, "t": t, "denoised": out.denoised, **extras})
-        stochastic = t_prev >= 0 and (eta is None or eta > 0)
-        noise = noise_like(x, gens) if stochastic else None
-        with torch.no_grad():
-            if eta is None:
-                x = ancestral_step(schedule, x, out.denoised, t, t_prev, noise, out.log_variance)
+        for r in range(recurrence):
+            if r:
+                x = renoise(schedule, x, t, t_prev, noise_like(x, gens))
+            if guide is None:
+                with torch.no_grad():
+                    out = denoise(model, schedule, x, t, extra_args, clip_x0, variance)
+                shift, extras = None, {}
             else:
-                x = ddim_step(schedule, out.denoised, out.eps, t, t_prev, eta, noise)
-        if shift is not None:
-            x = (x + shift).detach()
+                out, shift, extras = guide(x, i, t, t_prev)
+            if callback is not None:
+                callback({"x": x, "i": i, "t": t, "denoised": out.denoised, **extras})
+            stochastic = t_prev >= 0 and (eta is None or eta > 0)
+            noise = noise_like(x, gens) if stochastic else None
+            with torch.no_grad():
+                if eta is None:
+                    x = ancestral_step(schedule, x, out.denoised, t, t_prev, noise, out.log_variance)
+                else:
+                    x = ddim_step(schedule, out.denoised, out.eps, t, t_prev, eta, noise)
+            if shift is not None:
+                x = (x + shift).detach()
     return x
+
+
+def renoise(schedule: DDPMSchedule, x_prev: torch.Tensor, t: int, t_prev: int, noise: torch.Tensor) -> torch.Tensor:
+    """x_t ~ q(x_t | x_prev) = N(sqrt(1 - beta_i) x_prev, beta_i I), the forward kernel of one
+    (respaced) step: what self-recurrence uses to go back up a step."""
+    beta = step_alphas(schedule, t, t_prev)[2]
+    return (1 - beta) ** 0.5 * x_prev + beta**0.5 * noise
 
 
 def sample_ddpm(model: Callable[..., torch.Tensor], x: torch.Tensor, schedule: DDPMSchedule,

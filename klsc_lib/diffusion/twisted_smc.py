@@ -78,6 +78,9 @@ def sample_twisted_smc(prior: Prior, energy: Energy, guidance: GuidanceConfig, l
                          "step_size='tilted_score', cap_rule='none'), got "
                          f"sampler={guidance.sampler!r}, step_size={guidance.step_size!r}, "
                          f"cap_rule={guidance.cap_rule!r}")
+    if not guidance.plain_steps:
+        raise ValueError("twisted SMC weights one plain guided step on psi itself: use psi_views=1, recurrence=1 "
+                         f"and shift_clip=None, got {guidance.psi_views}, {guidance.recurrence}, {guidance.shift_clip}")
     lam_U = torch.as_tensor(lam_U, dtype=torch.float32).flatten()
     n_units = len(lam_U)
     if len(resample_generators) != n_units:

@@ -162,7 +162,11 @@ def sampler_candidates(prior: Prior, units: Units, fast: GuidanceConfig, tilt: G
     """EnergyDPS variants, each ``run(units_U, target_U, lambda_U, n)``: ``capped`` (``fast``,
     the cap calibrated to t), ``tilt`` (``tilt``: the tilt's own lambda, uncapped, no final
     shift), ``tilt+final shift`` (the release's shift after the last step), ``tilt 2 lambda``
-    (lambda doubled: the plug-in's usual shortfall in psi made up) and ``twisted SMC``
+    (lambda doubled: the plug-in's usual shortfall in psi made up), four corrections on top of
+    it (``4 views``: psi averaged over 4 shifted copies of x0-hat; ``recurrence 3``: every
+    step taken 3 times, re-noised in between; ``shift clipped``: each shift at most the
+    step's noise norm; ``full map``: guided by psi read on the whole map instead of its
+    centre, reported on psi itself) and ``twisted SMC``
     (``smc_particles`` per unit, annealed twist, :func:`~klsc_lib.explain.run_twisted_smc`) and
     ``twisted SMC, independent`` (a population of ``smc_population`` particles per kept sample)."""
     return {
@@ -171,6 +175,14 @@ def sampler_candidates(prior: Prior, units: Units, fast: GuidanceConfig, tilt: G
         "tilt+final shift": lambda u, t, lam, n: run_tilt(prior, units, u, t, lam, n, replace(tilt, final_shift=True),
                                                           seed, batch_size),
         "tilt 2 lambda": lambda u, t, lam, n: run_tilt(prior, units, u, t, 2 * lam, n, tilt, seed, batch_size),
+        "tilt 2 lambda, 4 views": lambda u, t, lam, n: run_tilt(prior, units, u, t, 2 * lam, n,
+                                                                replace(tilt, psi_views=4), seed, batch_size),
+        "tilt 2 lambda, recurrence 3": lambda u, t, lam, n: run_tilt(prior, units, u, t, 2 * lam, n,
+                                                                     replace(tilt, recurrence=3), seed, batch_size),
+        "tilt 2 lambda, shift clipped": lambda u, t, lam, n: run_tilt(prior, units, u, t, 2 * lam, n,
+                                                                      replace(tilt, shift_clip=1.0), seed, batch_size),
+        "tilt 2 lambda, full map": lambda u, t, lam, n: run_tilt(prior, units, u, t, 2 * lam, n, tilt, seed,
+                                                                 batch_size, guide_units=replace(units, center_frac=1.0)),
         "twisted SMC": lambda u, t, lam, n: run_twisted_smc(prior, units, u, t, lam, n, smc_particles, tilt, seed),
         "twisted SMC, independent": lambda u, t, lam, n: run_twisted_smc(
             prior, units, u, t, lam, n, smc_population, tilt, seed, independent=True,
