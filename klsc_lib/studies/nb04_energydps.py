@@ -169,20 +169,19 @@ def sampler_candidates(prior: Prior, units: Units, fast: GuidanceConfig, tilt: G
     centre, reported on psi itself) and ``twisted SMC``
     (``smc_particles`` per unit, annealed twist, :func:`~klsc_lib.explain.run_twisted_smc`) and
     ``twisted SMC, independent`` (a population of ``smc_population`` particles per kept sample)."""
+    def tilt_at(multiple: float, cfg: GuidanceConfig = tilt, guide_units: Units | None = None) -> CandidateRun:
+        return lambda u, t, lam, n: run_tilt(prior, units, u, t, multiple * lam, n, cfg, seed, batch_size,
+                                             guide_units=guide_units)
+
     return {
         "capped": lambda u, t, lam, n: run_energy_dps(prior, units, u, t, n, fast, seed, batch_size, disable=True),
-        "tilt": lambda u, t, lam, n: run_tilt(prior, units, u, t, lam, n, tilt, seed, batch_size),
-        "tilt+final shift": lambda u, t, lam, n: run_tilt(prior, units, u, t, lam, n, replace(tilt, final_shift=True),
-                                                          seed, batch_size),
-        "tilt 2 lambda": lambda u, t, lam, n: run_tilt(prior, units, u, t, 2 * lam, n, tilt, seed, batch_size),
-        "tilt 2 lambda, 4 views": lambda u, t, lam, n: run_tilt(prior, units, u, t, 2 * lam, n,
-                                                                replace(tilt, psi_views=4), seed, batch_size),
-        "tilt 2 lambda, recurrence 3": lambda u, t, lam, n: run_tilt(prior, units, u, t, 2 * lam, n,
-                                                                     replace(tilt, recurrence=3), seed, batch_size),
-        "tilt 2 lambda, shift clipped": lambda u, t, lam, n: run_tilt(prior, units, u, t, 2 * lam, n,
-                                                                      replace(tilt, shift_clip=1.0), seed, batch_size),
-        "tilt 2 lambda, full map": lambda u, t, lam, n: run_tilt(prior, units, u, t, 2 * lam, n, tilt, seed,
-                                                                 batch_size, guide_units=replace(units, center_frac=1.0)),
+        "tilt": tilt_at(1),
+        "tilt+final shift": tilt_at(1, replace(tilt, final_shift=True)),
+        "tilt 2 lambda": tilt_at(2),
+        "tilt 2 lambda, 4 views": tilt_at(2, replace(tilt, psi_views=4)),
+        "tilt 2 lambda, recurrence 3": tilt_at(2, replace(tilt, recurrence=3)),
+        "tilt 2 lambda, shift clipped": tilt_at(2, replace(tilt, shift_clip=1.0)),
+        "tilt 2 lambda, full map": tilt_at(2, guide_units=replace(units, center_frac=1.0)),
         "twisted SMC": lambda u, t, lam, n: run_twisted_smc(prior, units, u, t, lam, n, smc_particles, tilt, seed),
         "twisted SMC, independent": lambda u, t, lam, n: run_twisted_smc(
             prior, units, u, t, lam, n, smc_population, tilt, seed, independent=True,
