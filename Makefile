@@ -14,7 +14,7 @@ DEVICE ?= auto
 export HF_HUB_OFFLINE := 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup figures test bench sync clean-figures miniworld lab screenshot seed-check
+.PHONY: setup figures test bench sync clean-figures miniworld lab screenshot seed-check scale-check
 
 setup: $(STAMP)
 
@@ -37,6 +37,12 @@ SEED_CHECK ?= 1
 seed-check: $(STAMP)
 	$(PYTHON) -m klsc_lib.notebook_runner --profile $(PROFILE) --device $(DEVICE) --seed $(SEED_CHECK) --out figures/seed$(SEED_CHECK) 04_energydps
 	$(PYTHON) -m klsc_lib.studies.seed_check figures/04_energydps figures/seed$(SEED_CHECK)/04_energydps --out figures/seed$(SEED_CHECK)/SEED_CHECK.md
+
+# Notebook 04's table against the exact tilt on 100 features x 16 samples at notebook 04's seed (several CPU
+# hours on 2 cores), written to figures/scale/. Resumable: run it again to continue; SCALE_MINUTES caps one run.
+SCALE_MINUTES ?= inf
+scale-check: $(STAMP)
+	$(PYTHON) -m klsc_lib.studies.scale_check --profile $(PROFILE) --device $(DEVICE) --minutes $(SCALE_MINUTES) --out figures/scale
 
 # One intra-op thread: results are bitwise independent of the thread count, which the
 # 1-vs-2-process pipeline tests compare (and small models run faster on a shared 2-core box).

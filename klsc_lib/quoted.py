@@ -11,12 +11,12 @@ once rendered::
 
 ``<!--= SOURCE:PATH [OP OPERAND]... [~R%] -->`` names a number: ``SOURCE`` is a
 notebook's number (``04`` for ``figures/04_energydps``; ``seed1/04`` for another run of it in
-``figures/seed1/04_energydps``) or ``quality`` (the default
-world's ``quality.json``); ``PATH`` walks the JSON with dots (see :func:`resolve`);
-``OP`` is one of ``* / + -`` (spaces around it) with a number or another
-``SOURCE:PATH`` as operand, evaluated left to right. The quoted number must equal the
-value to within half a unit of its last written digit (``0.037`` allows 0.0005), or
-within ``R`` percent when ``~R%`` is given (for "about" numbers).
+``figures/seed1/04_energydps``), ``scale`` (notebook 04's table at a larger scale,
+``figures/scale/metrics.json``) or ``quality`` (the default world's ``quality.json``);
+``PATH`` walks the JSON with dots (see :func:`resolve`); ``OP`` is one of ``* / + -``
+(spaces around it) with a number or another ``SOURCE:PATH`` as operand, evaluated left to
+right. The quoted number must equal the value to within half a unit of its last written
+digit (``0.037`` allows 0.0005), or within ``R`` percent when ``~R%`` is given (for "about" numbers).
 
 ``<!--holds SOURCE:CLAIM_ID -->`` follows a verdict word (yes / no / holds / fails /
 held / failed); the word must agree with the claim's ``holds`` in the ledger.
@@ -118,6 +118,11 @@ class Sources:
         if name == "quality":
             world = self("03")["metrics"]["world/config_hash"]["ours"]
             return self.root / "klsc_lib" / "worlds" / "miniworld" / "weights" / world / "quality.json"
+        if name == "scale":  # klsc_lib.studies.scale_check
+            path = self.root / "figures" / "scale" / "metrics.json"
+            if not path.is_file():
+                raise QuoteError(f"source 'scale': {path} not found (make scale-check writes it)")
+            return path
         run, _, nb = name.rpartition("/")  # "seed1/04": figures/seed1/04_*, another run of notebook 04
         pattern = f"figures/{run + '/' if run else ''}{nb}_*/metrics.json"
         found = sorted(self.root.glob(pattern))

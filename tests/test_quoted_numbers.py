@@ -52,6 +52,8 @@ def sources(tmp_path):
     other.mkdir(parents=True)
     (other / "metrics.json").write_text(json.dumps({"metrics": {"neurons": {"ours": {"n": 32}}},
                                                     "claims": [{"id": "kid_lowest", "holds": False}]}))
+    (tmp_path / "figures" / "scale").mkdir()  # notebook 04's table at a larger scale (studies.scale_check)
+    (tmp_path / "figures" / "scale" / "metrics.json").write_text(json.dumps({"maco_halfwidth": 0.0213}))
     return Sources(tmp_path)
 
 
@@ -70,6 +72,7 @@ def sources(tmp_path):
     "the claim fails<!--holds 04:energydps_best_concept -->, the other holds<!--holds 04:kid_lowest -->",
     "in `0.5<!--= 04:neurons.n -->` code spans markers are examples, not quotes",
     "64<!--= 04:neurons.n --> here, 32<!--= seed1/04:neurons.n --> in the other run, where it fails<!--holds seed1/04:kid_lowest -->",
+    "half-width 0.021<!--= scale:maco_halfwidth --> at scale",
 ])
 def test_quotes_that_agree_pass(sources, text):
     problems, n = check_text(text, sources, "t.md")
