@@ -42,7 +42,7 @@ seed-check: $(STAMP)
 # hours on 2 cores), written to figures/scale/. Resumable: run it again to continue; SCALE_MINUTES caps one run.
 SCALE_MINUTES ?= inf
 scale-check: $(STAMP)
-	$(PYTHON) -m klsc_lib.studies.scale_check --profile $(PROFILE) --device $(DEVICE) --minutes $(SCALE_MINUTES) --out figures/scale
+	$(PYTHON) -m klsc_lib.scale_check --profile $(PROFILE) --device $(DEVICE) --minutes $(SCALE_MINUTES) --out figures/scale
 
 # One intra-op thread: results are bitwise independent of the thread count, which the
 # 1-vs-2-process pipeline tests compare (and small models run faster on a shared 2-core box).

@@ -118,7 +118,7 @@ class Sources:
         if name == "quality":
             world = self("03")["metrics"]["world/config_hash"]["ours"]
             return self.root / "klsc_lib" / "worlds" / "miniworld" / "weights" / world / "quality.json"
-        if name == "scale":  # klsc_lib.studies.scale_check
+        if name == "scale":  # klsc_lib.scale_check
             path = self.root / "figures" / "scale" / "metrics.json"
             if not path.is_file():
                 raise QuoteError(f"source 'scale': {path} not found (make scale-check writes it)")

@@ -81,7 +81,7 @@ LAYERS = (
     ("explain",),  # explanation runs through the samples store
     ("studies",),  # notebook-specific orchestration (nbNN_*)
     ("profiles",),  # notebooks' settings
-    ("pipeline", "viz", "report", "notebook_runner"),  # stages, figures, ledgers, runs
+    ("pipeline", "viz", "report", "notebook_runner", "scale_check"),  # stages, figures, ledgers, runs
 )
 
 

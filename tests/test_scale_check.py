@@ -1,4 +1,4 @@
-"""Notebook 04's exact-tilt table at a larger scale (klsc_lib.studies.scale_check)."""
+"""Notebook 04's exact-tilt table at a larger scale (klsc_lib.scale_check)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from klsc_lib.analysis.explanation_metrics import Concepts
 from klsc_lib.explain import RunResult
 from klsc_lib.runtime import cache_dir
 from klsc_lib.samples_store import SamplesStore
-from klsc_lib.studies import scale_check
+from klsc_lib import scale_check
 from klsc_lib.studies.reference_table import ReferenceTable
-from klsc_lib.studies.scale_check import CHOSEN, fill, resolved, run_scale_check, to_markdown, verdicts
+from klsc_lib.scale_check import CHOSEN, fill, resolved, run_scale_check, to_markdown, verdicts
 
 
 class FakeRun:

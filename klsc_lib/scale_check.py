@@ -17,7 +17,7 @@ It also draws the table as ``table3_exact.png``. Rows run one at a time, cheapes
 every sampled row goes through a samples store in chunks of features, so a run stopped by
 ``--minutes`` (or Ctrl-C) resumes where it stopped, and the report lists the rows still to run.
 
-    python -m klsc_lib.studies.scale_check --notebook figures/04_energydps --out figures/scale
+    python -m klsc_lib.scale_check --notebook figures/04_energydps --out figures/scale
 """
 
 from __future__ import annotations
