@@ -39,11 +39,13 @@ from klsc_lib.baselines.maco import MacoPrior
 from klsc_lib.explain import RunResult, explain, feature_units, run_energy_dps, run_maco, run_proxy, run_tilt
 from klsc_lib.explain import store_config, stored_samples
 from klsc_lib.profiles import get_profile
+from klsc_lib.profiles.nb04_energydps import EnergyDPSProfile
 from klsc_lib.runtime import atomic_path, atomic_write_text, resolve_device, seed_everything, world_key
 from klsc_lib.samples_store import SamplesStore
 from klsc_lib.studies.feature_reference import feature_references
 from klsc_lib.studies.nb04_energydps import draw_units, sampler_candidates, world_reader
 from klsc_lib.studies.reference_table import ReferenceTable, exact_samples, prior_reweighted, reference_table
+from klsc_lib.studies.seed_check import load_run
 from klsc_lib.viz.explanations import metric_bars
 
 Run = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], RunResult]  # (units_U, target_U, lambda_U)
@@ -78,7 +80,7 @@ def fill(store: SamplesStore, run: Run, units_U: torch.Tensor, target_U: torch.T
     return True
 
 
-def sampled_rows(profile: str, world, units, chosen: str, smc: str, n: int, seed: int,
+def sampled_rows(cfg: EnergyDPSProfile, world, units, chosen: str, smc: str, n: int, seed: int,
                  real_NCHW: torch.Tensor) -> list[SampledRow]:
     """The sampled rows of the table, cheapest first: the chosen EnergyDPS variant, the
     unguided prior (the tilt at lambda 0, the chosen variant's seeds), MACO, EnergyDPS with
@@ -86,7 +88,6 @@ def sampled_rows(profile: str, world, units, chosen: str, smc: str, n: int, seed
     configuration (1000 steps, cap at t: about 20x the chosen sampler's cost). Stores of the
     capped, MACO and DiffExplainer rows are keyed as notebook 04 keys its own (at ``n``); a
     chosen ``capped`` shares the capped row's store."""
-    cfg = get_profile("04_energydps", profile)
     key = world_key(cfg.world)
     cand = sampler_candidates(world.prior, units, cfg.fast, cfg.tilt, cfg.smc_particles, cfg.smc_population, seed,
                               cfg.batch_size)
@@ -191,15 +192,17 @@ def to_markdown(result: dict) -> str:
 
 
 def _notebook(path: Path, seed: int) -> dict:
-    file = path / "metrics.json" if path.is_dir() else path
-    if not file.is_file():
-        raise FileNotFoundError(f"{file} not found: the scale check takes its chosen sampler from notebook 04's run "
-                                f"at the same seed; run it first (python -m klsc_lib.notebook_runner --seed {seed} "
-                                f"--out DIR 04_energydps) or pass --chosen and --smc")
-    m = json.loads(file.read_text())
+    """Notebook 04's run at ``seed`` (its chosen samplers and verdicts)."""
+    try:
+        m = load_run(path)
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"{err}. The scale check reads its chosen samplers from there: run python -m "
+                                f"klsc_lib.notebook_runner --seed {seed} --out DIR 04_energydps, or pass --chosen "
+                                "and --smc") from None
     if int(m.get("seed", -1)) != seed or "dev_chosen" not in m.get("metrics", {}):
-        raise ValueError(f"{file} is not notebook 04's run at seed {seed} with the exact-tilt section "
-                         f"(seed {m.get('seed')}); point --notebook at the run with --seed {seed}")
+        raise ValueError(f"{path} is not notebook 04's run at seed {seed} with the exact-tilt section "
+                         f"(seed {m.get('seed')}); point --notebook at the run with --seed {seed}, or pass --chosen "
+                         "and --smc")
     return m
 
 
@@ -236,13 +239,8 @@ def run_scale_check(profile: str = "default", seed: int = 0, n_features: int = 1
     lam = torch.tensor([r.tilt.knob for r in refs.refs])
     half = len(world.test) // 2
     real = torch.stack([world.test[i][0] for i in range(half)])
-    samples = {"q*": exact_samples(refs, n_samples, seed=seed),
-               "truncation": exact_samples(refs, n_samples, "truncation", seed=seed),
-               "prior, reweighted": prior_reweighted(world.prior, units.scores(feats), refs, cfg.n_prior_draws,
-                                                     n_samples, cfg.tilt, seed, cfg.batch_size, units.device).samples,
-               "TopK": (draw.search.images_UKCHW[:, :n_samples], draw.search.psi_UK[:, :n_samples])}
-    cost, pending = {}, []
-    sampled = sampled_rows(profile, world, units, chosen, smc, n_samples, seed, real)
+    cost, pending, sampled_x = {}, [], {}
+    sampled = sampled_rows(cfg, world, units, chosen, smc, n_samples, seed, real)
     if unknown := set(rows or ()) - {r.name for r in sampled}:
         raise ValueError(f"unknown rows {sorted(unknown)}; the sampled rows are {[r.name for r in sampled]}")
     timed_out = False
@@ -256,8 +254,13 @@ def run_scale_check(profile: str = "default", seed: int = 0, n_features: int = 1
                   + ("stopped at the time limit" if mine else "not sampled by this run (--rows)"), flush=True)
             continue
         print(f"{row.name}: all {len(feats)} features stored", flush=True)
-        samples[row.name] = stored_samples(row.store, feats)
+        sampled_x[row.name] = stored_samples(row.store, feats)
         cost[row.name] = float(np.mean([row.store.get(u).meta["seconds_per_sample"] for u in feats.tolist()]))
+    samples = {"q*": exact_samples(refs, n_samples, seed=seed),  # after the sampled rows: a --rows run samples first
+               "truncation": exact_samples(refs, n_samples, "truncation", seed=seed),
+               "prior, reweighted": prior_reweighted(world.prior, units.scores(feats), refs, cfg.n_prior_draws,
+                                                     n_samples, cfg.tilt, seed, cfg.batch_size, units.device).samples,
+               "TopK": (draw.search.images_UKCHW[:, :n_samples], draw.search.psi_UK[:, :n_samples]), **sampled_x}
     reader = world_reader(world)
     table = reference_table(samples, refs, lambda x: factor_probabilities(world.factor_classifier, x.to(dev)),
                             reader.features, seed=seed)

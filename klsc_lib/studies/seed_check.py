@@ -108,7 +108,8 @@ def to_markdown(check: SeedCheck) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _load(path: Path) -> dict:
+def load_run(path: Path) -> dict:
+    """A notebook 04 run's ``metrics.json`` (``path`` is the file or its folder)."""
     file = path / "metrics.json" if path.is_dir() else path
     if not file.is_file():
         raise FileNotFoundError(f"{file} not found: run notebook 04 there first "
@@ -122,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("run_b", type=Path)
     p.add_argument("--out", type=Path, help="write the comparison there as markdown")
     args = p.parse_args(argv)
-    check = compare(*(summarise(_load(r), str(r)) for r in (args.run_a, args.run_b)))
+    check = compare(*(summarise(load_run(r), str(r)) for r in (args.run_a, args.run_b)))
     text = to_markdown(check)
     if args.out:
         atomic_write_text(args.out, text)
