@@ -16,6 +16,8 @@ choice (read from notebook 04's ``metrics.json``), and reports:
 It also draws the table as ``table3_exact.png``. Rows run one at a time, cheapest first;
 every sampled row goes through a samples store in chunks of features, so a run stopped by
 ``--minutes`` (or Ctrl-C) resumes where it stopped, and the report lists the rows still to run.
+A row stored on part of the features is scored on those features with every finished row
+(paired with the chosen sampler there), so a long row gives its verdicts before it ends.
 
     python -m klsc_lib.scale_check --notebook figures/04_energydps --out figures/scale
 """
@@ -42,13 +44,15 @@ from klsc_lib.profiles import get_profile
 from klsc_lib.profiles.nb04_energydps import EnergyDPSProfile
 from klsc_lib.runtime import atomic_path, atomic_write_text, resolve_device, seed_everything, world_key
 from klsc_lib.samples_store import SamplesStore
-from klsc_lib.studies.feature_reference import feature_references
+from klsc_lib.studies.feature_reference import FeatureReferences, feature_references
 from klsc_lib.studies.nb04_energydps import draw_units, sampler_candidates, world_reader
-from klsc_lib.studies.reference_table import ReferenceTable, exact_samples, prior_reweighted, reference_table
+from klsc_lib.studies.reference_table import ReferenceTable, Samples, exact_samples, prior_reweighted
+from klsc_lib.studies.reference_table import reference_table
 from klsc_lib.studies.seed_check import load_run
 from klsc_lib.viz.explanations import metric_bars
 
 Run = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], RunResult]  # (units_U, target_U, lambda_U)
+Score = Callable[[dict[str, Samples], FeatureReferences], ReferenceTable]
 CHOSEN = "EnergyDPS (chosen)"
 
 
@@ -117,6 +121,30 @@ def sampled_rows(cfg: EnergyDPSProfile, world, units, chosen: str, smc: str, n: 
                                                         disable=True))]
 
 
+def partial_row(row: SampledRow, positions: list[int], feats: torch.Tensor, samples: dict[str, Samples],
+                refs: FeatureReferences, score: Score, full: dict[str, bool | None], seed: int) -> dict:
+    """A row stored on the features at ``positions`` only, scored by ``score`` with every
+    finished row on those features: its summary and median, the chosen sampler's median
+    there, its paired TV against the chosen and the verdicts missing from ``full``."""
+    pos = torch.tensor(positions)
+    sub_samples = {m: (x[pos], psi[pos]) for m, (x, psi) in samples.items()}
+    sub = score(sub_samples | {row.name: stored_samples(row.store, feats[pos])}, refs.subset(positions))
+    median = sub.median("tv_mean")
+    return {"n_features": len(positions),
+            "summary": {k: [float(x) for x in v] for k, v in sub.summary(seed)[row.name].items()},
+            "median_tv": median[row.name], "chosen_median_tv": median[CHOSEN],
+            "paired_tv": [float(x) for x in sub.paired("tv_mean", CHOSEN, seed)[row.name]],
+            "s_per_sample": float(np.mean([row.store.get(u).meta["seconds_per_sample"]
+                                           for u in feats[pos].tolist()])),
+            "verdicts": {k: v for k, v in verdicts(sub, seed).items() if full[k] is None and v is not None}}
+
+
+def _pending_words(result: dict) -> list[str]:
+    part = result.get("partial", {})
+    return [f"{m} ({part[m]['n_features']} of {result['n_features']} features)" if m in part else m
+            for m in result["pending"]]
+
+
 # ---------------------------------------------------------------- verdicts
 def verdicts(table: ReferenceTable, seed: int = 0) -> dict[str, bool | None]:
     """Notebook 04's exact-tilt verdicts on ``table`` (rows named as here, the chosen
@@ -163,8 +191,8 @@ def to_markdown(result: dict) -> str:
              f"SMC variant: `{r['smc']}`. Wall time of this run: {r['wall_s'] / 60:.1f} min on {r['threads']} "
              "torch thread(s) (another thread count rounds differently in the last bits).", ""]
     if r["pending"]:
-        lines += [f"**Not finished**: rows still to run: {', '.join(r['pending'])} (run the same command again: "
-                  "it resumes).", ""]
+        lines += [f"**Not finished**: rows still to run: {', '.join(_pending_words(r))} (run the same command "
+                  "again: it resumes).", ""]
     hw = r.get("maco_halfwidth")
     if hw is not None:
         lines += [f"Paired 95 % half-width of the chosen EnergyDPS minus MACO on mean TV to q*: **{hw:.3f}** "
@@ -184,10 +212,26 @@ def to_markdown(result: dict) -> str:
                      f"{s['off_palette'][0]:.4f} | {s['diversity'][0]:.1f} | {s['KID to q*'][0]:.3f} | "
                      f"{'-' if cost is None else f'{cost:.2f}'} | {against} | "
                      f"{'-' if row not in nb_tv else f'{nb_tv[row]:.3f}'} |")
+    part = r.get("partial", {})
+    if part:
+        lines += ["", "Rows stored on part of the features so far, each scored with every finished row on those "
+                  "features (the chosen sampler's median TV there beside it):", "",
+                  "| row | features | mean TV to q* [95 %] | median TV | chosen's median TV there | psi / t | "
+                  "concept acc. | off-palette | s / sample | against the chosen (paired TV) |", "|" + "---|" * 10]
+        for row, p in part.items():
+            s, d = p["summary"], p["paired_tv"]
+            lines.append(f"| {row} | {p['n_features']} of {r['n_features']} | {s['tv_mean'][0]:.3f} "
+                         f"[{s['tv_mean'][1]:.3f}, {s['tv_mean'][2]:.3f}] | {p['median_tv']:.3f} | "
+                         f"{p['chosen_median_tv']:.3f} | {s['psi_over_t'][0]:.2f} | {s['concept_acc'][0]:.3f} | "
+                         f"{s['off_palette'][0]:.4f} | {p['s_per_sample']:.2f} | "
+                         f"{d[0]:+.3f} [{d[1]:+.3f}, {d[2]:+.3f}] {resolved(d)} |")
     lines += ["", "| verdict | at this scale | notebook 04 |", "|---|---|---|"]
     word = lambda v: "-" if v is None else "holds" if v else "fails"  # noqa: E731
     for k, v in r["verdicts"].items():
-        lines.append(f"| {k} | {word(v)} | {word(r.get('notebook_verdicts', {}).get(k))} |")
+        on = next(((m, p) for m, p in part.items() if k in p["verdicts"]), None)
+        now = word(v) if on is None else (f"{word(on[1]['verdicts'][k])} (on the {on[1]['n_features']} features "
+                                          f"{on[0]} has so far)")
+        lines.append(f"| {k} | {now} | {word(r.get('notebook_verdicts', {}).get(k))} |")
     return "\n".join(lines) + "\n"
 
 
@@ -239,7 +283,7 @@ def run_scale_check(profile: str = "default", seed: int = 0, n_features: int = 1
     lam = torch.tensor([r.tilt.knob for r in refs.refs])
     half = len(world.test) // 2
     real = torch.stack([world.test[i][0] for i in range(half)])
-    cost, pending, sampled_x = {}, [], {}
+    cost, pending, sampled_x, stored_on = {}, [], {}, {}
     sampled = sampled_rows(cfg, world, units, chosen, smc, n_samples, seed, real)
     if unknown := set(rows or ()) - {r.name for r in sampled}:
         raise ValueError(f"unknown rows {sorted(unknown)}; the sampled rows are {[r.name for r in sampled]}")
@@ -250,7 +294,8 @@ def run_scale_check(profile: str = "default", seed: int = 0, n_features: int = 1
                     row.name):
             timed_out |= mine
             pending.append(row.name)
-            print(f"{row.name}: {sum(row.store.has(u) for u in feats.tolist())} of {len(feats)} features stored; "
+            stored_on[row.name] = [i for i, u in enumerate(feats.tolist()) if row.store.has(u)]
+            print(f"{row.name}: {len(stored_on[row.name])} of {len(feats)} features stored; "
                   + ("stopped at the time limit" if mine else "not sampled by this run (--rows)"), flush=True)
             continue
         print(f"{row.name}: all {len(feats)} features stored", flush=True)
@@ -262,8 +307,9 @@ def run_scale_check(profile: str = "default", seed: int = 0, n_features: int = 1
                                                      n_samples, cfg.tilt, seed, cfg.batch_size, units.device).samples,
                "TopK": (draw.search.images_UKCHW[:, :n_samples], draw.search.psi_UK[:, :n_samples]), **sampled_x}
     reader = world_reader(world)
-    table = reference_table(samples, refs, lambda x: factor_probabilities(world.factor_classifier, x.to(dev)),
-                            reader.features, seed=seed)
+    score: Score = lambda smp, rf: reference_table(  # noqa: E731
+        smp, rf, lambda x: factor_probabilities(world.factor_classifier, x.to(dev)), reader.features, seed=seed)
+    table = score(samples, refs)
     summary = table.summary(seed)
     paired = table.paired("tv_mean", CHOSEN, seed) if CHOSEN in samples else {}
     result = {"profile": profile, "seed": seed, "n_features": len(feats), "n_samples": n_samples, "chosen": chosen,
@@ -272,7 +318,13 @@ def run_scale_check(profile: str = "default", seed: int = 0, n_features: int = 1
               "median_tv": table.median("tv_mean"), "s_per_sample": cost,
               "paired_tv": {m: [float(x) for x in v] for m, v in paired.items()},
               "maco_halfwidth": (float(paired["MACO"][2] - paired["MACO"][1]) / 2 if "MACO" in paired else None),
-              "verdicts": verdicts(table, seed)}
+              "verdicts": verdicts(table, seed),
+              "tv_per_feature": {m: [float(x) for x in c["tv_mean"]] for m, c in table.per_feature.items()}}
+    if CHOSEN in samples:  # a pending row already stored on some features: the table on those features
+        result["partial"] = {
+            row.name: partial_row(row, stored_on[row.name], feats, samples, refs, score, result["verdicts"], seed)
+            for row in sampled if stored_on.get(row.name)}
+    result["wall_s"] = time.monotonic() - start
     if nb is not None:
         ours = f"EnergyDPS ({chosen})"  # the notebook's row of the chosen sampler
         nb_tv = {k.removeprefix("exact/"): float(v["ours"]["tv_mean"][0]) for k, v in nb["metrics"].items()
@@ -285,7 +337,8 @@ def run_scale_check(profile: str = "default", seed: int = 0, n_features: int = 1
     atomic_write_text(out / "SCALE_CHECK.md", to_markdown(result))
     fig = metric_bars(summary, COLUMNS, f"Table 3 against the exact tilt q*: {len(feats)} features x {n_samples} "
                       "samples, 95 % bootstrap intervals over features (KID: +- 1 SD over subsets, log axis)"
-                      + (f"\nnot run yet: {', '.join(pending)}" if pending else ""), ncols=4, log=("KID to q*",))
+                      + (f"\nnot finished: {', '.join(_pending_words(result))}" if pending else ""), ncols=4,
+                      log=("KID to q*",))
     with atomic_path(out / "table3_exact.png") as tmp:
         fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
     plt.close(fig)

@@ -58,3 +58,18 @@ def test_a_second_call_reads_the_cached_pool(references, monkeypatch):
     again = feature_references(world, cfg.recipe, refs.units_U, n_pool=N_POOL, batch_size=1024,
                                progress=False)
     assert torch.equal(again.pool.psi_NU, refs.pool.psi_NU)
+
+
+def test_a_subset_equals_the_references_computed_for_those_features_alone(references):
+    cfg, world, _, refs = references
+    sub = refs.subset([2, 0])
+    alone = feature_references(world, cfg.recipe, refs.units_U[[2, 0]], n_pool=N_POOL, batch_size=1024,
+                               progress=False)  # its own cache key: the pool scored again for these two
+    assert torch.equal(sub.units_U, alone.units_U) and torch.equal(sub.target_U, alone.target_U)
+    torch.testing.assert_close(sub.pool.psi_NU, alone.pool.psi_NU)
+    for a, b in zip(sub.summary(), alone.summary()):
+        assert a == pytest.approx(b, rel=1e-6)
+    for factor, hist in sub.histograms(0).items():
+        torch.testing.assert_close(hist, refs.histograms(2)[factor])
+    with pytest.raises(IndexError, match="outside the 3 features"):
+        refs.subset([3])

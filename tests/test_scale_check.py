@@ -100,7 +100,29 @@ def test_smoke_study_fills_selected_rows_then_every_row_and_a_rerun_samples_noth
         run_scale_check(**kw, rows=["MAC0"])
     only = run_scale_check(**kw, rows=["MACO"])  # one row sampled; the chosen sampler's store is this study's own
     assert "MACO" in only["summary"] and CHOSEN in only["pending"] and only["maco_halfwidth"] is None
+    real_fill, smc = scale_check.fill, "EnergyDPS (twisted SMC)"
+
+    def smc_stops_after_one_chunk(store, run, units, target, lam, chunk, deadline, desc=""):
+        if desc != smc:
+            return real_fill(store, run, units, target, lam, chunk, deadline, desc)
+        real_fill(store, run, units[:chunk], target[:chunk], lam[:chunk], chunk, deadline, desc)
+        return False
+
+    monkeypatch.setattr(scale_check, "fill", smc_stops_after_one_chunk)
+    part = run_scale_check(**kw)  # SMC stored on the first 2 of 3 features, the paper config not started
+    monkeypatch.setattr(scale_check, "fill", real_fill)
+    assert part["pending"] == [smc, "EnergyDPS (paper config)"] and set(part["partial"]) == {smc}
+    p = part["partial"][smc]
+    assert p["n_features"] == 2 and part["verdicts"]["smc_closer_still"] is None
+    assert set(p["verdicts"]) == {"smc_closer_still"}  # the only verdict the full table lacked and SMC gives
+    assert f"{smc} (2 of 3 features)" in (tmp_path / "SCALE_CHECK.md").read_text()
     first = run_scale_check(**kw)
+    tv = {m: np.asarray(v) for m, v in first["tv_per_feature"].items()}  # the full table on those 2 features
+    assert p["summary"]["tv_mean"][0] == pytest.approx(tv[smc][:2].mean())
+    assert p["median_tv"] == pytest.approx(np.median(tv[smc][:2]))
+    assert p["chosen_median_tv"] == pytest.approx(np.median(tv[CHOSEN][:2]))
+    assert p["paired_tv"][0] == pytest.approx((tv[smc][:2] - tv[CHOSEN][:2]).mean())
+    assert p["verdicts"]["smc_closer_still"] == (p["median_tv"] < p["chosen_median_tv"])
     rows = {"q*", "truncation", "prior, reweighted", "TopK", CHOSEN, "unguided", "MACO", "EnergyDPS (capped)",
             "DiffExplainer", "EnergyDPS (twisted SMC)", "EnergyDPS (paper config)"}
     assert set(first["summary"]) == rows and first["pending"] == []

@@ -47,6 +47,15 @@ class FeatureReferences:
         idx_M = self.law(position, kind).resample_indices(n, generator)
         return idx_M, self.pool.images(idx_M)
 
+    def subset(self, positions: Sequence[int]) -> FeatureReferences:
+        """The features at ``positions`` (in that order) on the same pool."""
+        pos = torch.as_tensor(positions, dtype=torch.long)
+        if len(pos) and not (0 <= int(pos.min()) and int(pos.max()) < len(self.refs)):
+            raise IndexError(f"positions {pos.tolist()} outside the {len(self.refs)} features")
+        return FeatureReferences(self.units_U[pos], self.target_U[pos],
+                                 ScoredPool(self.pool.psi_NU[:, pos], self.pool.latents),
+                                 [self.refs[i] for i in pos.tolist()])
+
     def summary(self) -> list[dict[str, float]]:
         """One row per feature: t, the pool's mean and max psi, and lambda / tau, ESS, KL and
         the achieved mean of both laws."""
