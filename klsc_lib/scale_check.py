@@ -332,17 +332,24 @@ def run_scale_check(profile: str = "default", seed: int = 0, n_features: int = 1
         result["notebook_tv"] = nb_tv | ({CHOSEN: nb_tv[ours]} if ours in nb_tv else {})
         result["notebook_verdicts"] = {c["id"]: bool(c["holds"]) for c in nb.get("claims", [])
                                        if c["id"] in result["verdicts"]}
+    write_report(result, out)
+    return result
+
+
+def write_report(result: dict, out: Path) -> None:
+    """Write ``result`` (the study's metrics) as ``out/metrics.json``, ``out/SCALE_CHECK.md`` and
+    the bar chart ``out/table3_exact.png``; each file replaced atomically."""
+    r = result
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "metrics.json", json.dumps(result, indent=1, default=float) + "\n")
-    atomic_write_text(out / "SCALE_CHECK.md", to_markdown(result))
-    fig = metric_bars(summary, COLUMNS, f"Table 3 against the exact tilt q*: {len(feats)} features x {n_samples} "
-                      "samples, 95 % bootstrap intervals over features (KID: +- 1 SD over subsets, log axis)"
-                      + (f"\nnot finished: {', '.join(_pending_words(result))}" if pending else ""), ncols=4,
-                      log=("KID to q*",))
+    atomic_write_text(out / "metrics.json", json.dumps(r, indent=1, default=float) + "\n")
+    atomic_write_text(out / "SCALE_CHECK.md", to_markdown(r))
+    fig = metric_bars(r["summary"], COLUMNS, f"Table 3 against the exact tilt q*: {r['n_features']} features x "
+                      f"{r['n_samples']} samples, 95 % bootstrap intervals over features (KID: +- 1 SD over subsets, "
+                      "log axis)" + (f"\nnot finished: {', '.join(_pending_words(r))}" if r["pending"] else ""),
+                      ncols=4, log=("KID to q*",))
     with atomic_path(out / "table3_exact.png") as tmp:
         fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
     plt.close(fig)
-    return result
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,7 +14,7 @@ from klsc_lib.runtime import cache_dir
 from klsc_lib.samples_store import SamplesStore
 from klsc_lib import scale_check
 from klsc_lib.studies.reference_table import ReferenceTable
-from klsc_lib.scale_check import CHOSEN, fill, resolved, run_scale_check, to_markdown, verdicts
+from klsc_lib.scale_check import CHOSEN, fill, resolved, run_scale_check, to_markdown, verdicts, write_report
 
 
 class FakeRun:
@@ -136,6 +136,9 @@ def test_smoke_study_fills_selected_rows_then_every_row_and_a_rerun_samples_noth
     second = run_scale_check(**kw, minutes=0.0)  # every store full: no chunk starts, nothing pending
     assert second["pending"] == [] and second["summary"]["MACO"] == first["summary"]["MACO"]
     assert {p: p.stat().st_mtime_ns for p in (cache_dir() / "samples").rglob("*") if p.is_file()} == stored
+    write_report(json.loads((tmp_path / "metrics.json").read_text()), tmp_path / "again")  # the report from its JSON
+    assert (tmp_path / "again" / "SCALE_CHECK.md").read_text() == (tmp_path / "SCALE_CHECK.md").read_text()
+    assert (tmp_path / "again" / "table3_exact.png").stat().st_size > 10_000
 
 
 def test_a_deadline_before_the_first_chunk_leaves_rows_pending_and_says_so(tmp_path):
