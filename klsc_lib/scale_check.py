@@ -336,10 +336,9 @@ def run_scale_check(profile: str = "default", seed: int = 0, n_features: int = 1
     return result
 
 
-def write_report(result: dict, out: Path) -> None:
-    """Write ``result`` (the study's metrics) as ``out/metrics.json``, ``out/SCALE_CHECK.md`` and
+def write_report(r: dict, out: Path) -> None:
+    """Write ``r`` (the study's metrics) as ``out/metrics.json``, ``out/SCALE_CHECK.md`` and
     the bar chart ``out/table3_exact.png``; each file replaced atomically."""
-    r = result
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "metrics.json", json.dumps(r, indent=1, default=float) + "\n")
     atomic_write_text(out / "SCALE_CHECK.md", to_markdown(r))
