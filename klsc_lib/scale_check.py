@@ -269,9 +269,8 @@ def run_scale_check(profile: str = "default", seed: int = 0, n_features: int = 1
                          "row shows one real image per sample")
     dev = resolve_device(device)
     seed_everything(seed)
-    if threads or cfg.threads:
-        torch.set_num_threads(threads or cfg.threads)
-    threads = torch.get_num_threads()
+    if cfg.threads:  # the transcoder and the feature draw at notebook 04's thread count: which features a
+        torch.set_num_threads(cfg.threads)  # transcoder learns depends on the rounding, so on the threads
     from klsc_lib.worlds import load_world
     from klsc_lib.worlds.miniworld.factor_classifier import factor_probabilities
 
@@ -279,6 +278,9 @@ def run_scale_check(profile: str = "default", seed: int = 0, n_features: int = 1
     units = feature_units(world, cfg.recipe, seed, dev)
     draw = draw_units(units, world, n_features, torch.Generator().manual_seed(seed), cfg.top_k, cfg.k_target)
     feats, target = draw.units_U, draw.target_U
+    if threads:  # the references and the samplers at the threads asked for
+        torch.set_num_threads(threads)
+    threads = torch.get_num_threads()
     refs = feature_references(world, cfg.recipe, feats, cfg.n_pool, seed=seed, device=dev)
     lam = torch.tensor([r.tilt.knob for r in refs.refs])
     half = len(world.test) // 2
@@ -366,7 +368,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--minutes", type=float, default=float("inf"), help="stop after the chunk that passes this")
     p.add_argument("--chunk", type=int, default=8, help="features per stored chunk")
     p.add_argument("--device", default="auto")
-    p.add_argument("--threads", type=int, help="torch threads (default: the profile's)")
+    p.add_argument("--threads", type=int, help="torch threads of the references and samplers (default: the "
+                                               "profile's; the transcoder is trained at the profile's)")
     p.add_argument("--rows", nargs="+", help="sample only these rows (e.g. MACO 'EnergyDPS (capped)'); the others "
                                             "are read from their stores")
     a = p.parse_args(argv)

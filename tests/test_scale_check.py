@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ import torch
 
 from klsc_lib.analysis.explanation_metrics import Concepts
 from klsc_lib.explain import RunResult
+from klsc_lib.profiles import get_profile
 from klsc_lib.runtime import cache_dir
 from klsc_lib.samples_store import SamplesStore
 from klsc_lib import scale_check
@@ -139,6 +141,39 @@ def test_smoke_study_fills_selected_rows_then_every_row_and_a_rerun_samples_noth
     write_report(json.loads((tmp_path / "metrics.json").read_text()), tmp_path / "again")  # the report from its JSON
     assert (tmp_path / "again" / "SCALE_CHECK.md").read_text() == (tmp_path / "SCALE_CHECK.md").read_text()
     assert (tmp_path / "again" / "table3_exact.png").stat().st_size > 10_000
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_the_transcoder_is_trained_at_the_profiles_threads_and_the_samplers_run_at_the_threads_asked_for(
+        smoke_world, tmp_path, monkeypatch):
+    """A run at --threads 1 on an empty cache must learn notebook 04's features (trained at the
+    profile's thread count: other threads round differently and learn other features)."""
+    monkeypatch.setattr("klsc_lib.worlds.load_world", lambda *a, **k: smoke_world)
+    profile = replace(get_profile("04_energydps", "smoke"), threads=2)
+    monkeypatch.setattr(scale_check, "get_profile", lambda name, p: profile)
+    seen, real_units = {}, scale_check.feature_units
+
+    def units(*a, **k):
+        seen["transcoder"] = torch.get_num_threads()
+        return real_units(*a, **k)
+
+    def references(*a, **k):
+        seen["references"] = torch.get_num_threads()
+        raise _Stop
+
+    monkeypatch.setattr(scale_check, "feature_units", units)
+    monkeypatch.setattr(scale_check, "feature_references", references)
+    before = torch.get_num_threads()
+    try:
+        with pytest.raises(_Stop):
+            run_scale_check("smoke", n_features=3, n_samples=2, notebook=None, out=tmp_path, chosen="tilt 2 lambda",
+                            smc="twisted SMC, independent", threads=1)
+    finally:
+        torch.set_num_threads(before)
+    assert seen == {"transcoder": 2, "references": 1}
 
 
 def test_a_deadline_before_the_first_chunk_leaves_rows_pending_and_says_so(tmp_path):
