@@ -5,7 +5,9 @@ paired intervals are already narrow (half-widths 0.03-0.04), but the TV of a 4-s
 histogram is dominated by its floor (q*'s own 4 draws sit at about 0.28). This study runs the
 same comparison on ``--features`` x ``--samples`` (by default 100 x 16), the same features
 first (notebook 04's 50 are the first 50 of the draw), the same seeds, the same development
-choice (read from notebook 04's ``metrics.json``), and reports:
+choice (read from notebook 04's ``metrics.json``). A drawn feature whose level t no pool draw
+reaches has no q*: it is skipped, named in the report, and the next drawn feature takes its
+place. The study reports:
 
 - every row's columns (as notebook 04's table) with 95 % bootstrap intervals over features;
 - each row's paired TV difference against the chosen EnergyDPS, and its verdict;
@@ -121,6 +123,12 @@ def sampled_rows(cfg: EnergyDPSProfile, world, units, chosen: str, smc: str, n: 
                                                         disable=True))]
 
 
+def spare_features(n: int) -> int:
+    """Features drawn beyond the ``n`` asked for, to replace those whose level t the pool
+    does not reach (t above every draw's psi: no reweighting of the pool has mean t)."""
+    return max(1, n // 10)
+
+
 def partial_row(row: SampledRow, positions: list[int], feats: torch.Tensor, samples: dict[str, Samples],
                 refs: FeatureReferences, score: Score, full: dict[str, bool | None], seed: int) -> dict:
     """A row stored on the features at ``positions`` only, scored by ``score`` with every
@@ -190,6 +198,10 @@ def to_markdown(result: dict) -> str:
              f"Chosen single-pass EnergyDPS (from notebook 04's development features): `{r['chosen']}`; "
              f"SMC variant: `{r['smc']}`. Wall time of this run: {r['wall_s'] / 60:.1f} min on {r['threads']} "
              "torch thread(s) (another thread count rounds differently in the last bits).", ""]
+    if r.get("skipped"):
+        lines += ["Skipped in draw order (the next drawn features take their places): "
+                  + ", ".join(f"feature {k['feature']} (t = {k['target']:.3f})" for k in r["skipped"])
+                  + ": no pool draw reaches their level t, so the pool has no q* there.", ""]
     if r["pending"]:
         lines += [f"**Not finished**: rows still to run: {', '.join(_pending_words(r))} (run the same command "
                   "again: it resumes).", ""]
@@ -269,19 +281,25 @@ def run_scale_check(profile: str = "default", seed: int = 0, n_features: int = 1
                          "row shows one real image per sample")
     dev = resolve_device(device)
     seed_everything(seed)
-    if cfg.threads:  # the transcoder and the feature draw at notebook 04's thread count: which features a
-        torch.set_num_threads(cfg.threads)  # transcoder learns depends on the rounding, so on the threads
+    if cfg.threads:  # the transcoder, the feature draw and the references at the profile's thread count (as
+        torch.set_num_threads(cfg.threads)  # notebook 04): which features a transcoder learns depends on the rounding
     from klsc_lib.worlds import load_world
     from klsc_lib.worlds.miniworld.factor_classifier import factor_probabilities
 
     world = load_world(cfg.world, dev)
     units = feature_units(world, cfg.recipe, seed, dev)
-    draw = draw_units(units, world, n_features, torch.Generator().manual_seed(seed), cfg.top_k, cfg.k_target)
-    feats, target = draw.units_U, draw.target_U
-    if threads:  # the references and the samplers at the threads asked for
+    draw = draw_units(units, world, n_features + spare_features(n_features), torch.Generator().manual_seed(seed),
+                      cfg.top_k, cfg.k_target)
+    refs = feature_references(world, cfg.recipe, draw.units_U, cfg.n_pool, k=cfg.top_k, k_target=cfg.k_target,
+                              seed=seed, device=dev, keep=n_features)  # the first n_features the pool reaches
+    feats, target = refs.units_U.cpu(), refs.target_U
+    position = {u: i for i, u in enumerate(draw.units_U.tolist())}
+    kept = [position[u] for u in feats.tolist()]
+    skipped = [{"feature": int(draw.units_U[i]), "target": float(draw.target_U[i])} for i in range(kept[-1])
+               if i not in kept]
+    if threads:  # the samplers at the threads asked for
         torch.set_num_threads(threads)
     threads = torch.get_num_threads()
-    refs = feature_references(world, cfg.recipe, feats, cfg.n_pool, seed=seed, device=dev)
     lam = torch.tensor([r.tilt.knob for r in refs.refs])
     half = len(world.test) // 2
     real = torch.stack([world.test[i][0] for i in range(half)])
@@ -307,7 +325,8 @@ def run_scale_check(profile: str = "default", seed: int = 0, n_features: int = 1
                "truncation": exact_samples(refs, n_samples, "truncation", seed=seed),
                "prior, reweighted": prior_reweighted(world.prior, units.scores(feats), refs, cfg.n_prior_draws,
                                                      n_samples, cfg.tilt, seed, cfg.batch_size, units.device).samples,
-               "TopK": (draw.search.images_UKCHW[:, :n_samples], draw.search.psi_UK[:, :n_samples]), **sampled_x}
+               "TopK": (draw.search.images_UKCHW[kept, :n_samples], draw.search.psi_UK[kept, :n_samples]),
+               **sampled_x}
     reader = world_reader(world)
     score: Score = lambda smp, rf: reference_table(  # noqa: E731
         smp, rf, lambda x: factor_probabilities(world.factor_classifier, x.to(dev)), reader.features, seed=seed)
@@ -316,6 +335,7 @@ def run_scale_check(profile: str = "default", seed: int = 0, n_features: int = 1
     paired = table.paired("tv_mean", CHOSEN, seed) if CHOSEN in samples else {}
     result = {"profile": profile, "seed": seed, "n_features": len(feats), "n_samples": n_samples, "chosen": chosen,
               "smc": smc, "threads": threads, "wall_s": time.monotonic() - start, "pending": pending,
+              "features": feats.tolist(), "target": [float(t) for t in target], "skipped": skipped,
               "summary": {m: {k: [float(x) for x in v] for k, v in s.items()} for m, s in summary.items()},
               "median_tv": table.median("tv_mean"), "s_per_sample": cost,
               "paired_tv": {m: [float(x) for x in v] for m, v in paired.items()},
@@ -368,8 +388,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--minutes", type=float, default=float("inf"), help="stop after the chunk that passes this")
     p.add_argument("--chunk", type=int, default=8, help="features per stored chunk")
     p.add_argument("--device", default="auto")
-    p.add_argument("--threads", type=int, help="torch threads of the references and samplers (default: the "
-                                               "profile's; the transcoder is trained at the profile's)")
+    p.add_argument("--threads", type=int, help="torch threads of the samplers (default: the profile's; the "
+                                               "transcoder and the references are computed at the profile's)")
     p.add_argument("--rows", nargs="+", help="sample only these rows (e.g. MACO 'EnergyDPS (capped)'); the others "
                                             "are read from their stores")
     a = p.parse_args(argv)

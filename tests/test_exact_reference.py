@@ -15,7 +15,7 @@ from scipy import optimize, stats
 
 from klsc_lib.constraints.calibration import UnreachableTarget, calibrate_lambda
 from klsc_lib.constraints.divergences import kl_weights
-from klsc_lib.constraints.exact_reference import (exact_reference, pool_references, prior_sample_tilts, solve_tilt,
+from klsc_lib.constraints.exact_reference import (exact_reference, first_reachable, pool_references, prior_sample_tilts, solve_tilt,
                                                   solve_truncation, tilt_at, weighted_histogram)
 from klsc_lib.constraints.score_variable import EmpiricalScore
 from klsc_lib.energies.toy import AngularScore
@@ -224,3 +224,21 @@ def test_pool_references_solve_each_unit_and_name_the_unreachable_one():
         pool_references(psi_NU, torch.tensor([MU, 1e6]))
     with pytest.raises(ValueError, match="one target per unit"):
         pool_references(psi_NU, torch.tensor([MU]))
+
+
+def test_first_reachable_keeps_exactly_the_units_whose_tilt_exists_in_order():
+    psi_NU = torch.tensor([[0.0, 1.0, 2.0, 0.3], [1.0, 3.0, 0.5, 0.2], [0.5, 0.0, 1.0, 0.1]])
+    target_U = torch.tensor([1.0, 2.9, 0.1, 0.4])  # unit 0 at its max, unit 3 above it: neither has a tilt
+    for u in range(4):  # the rule agrees with the solver itself
+        exists = True
+        try:
+            solve_tilt(psi_NU[:, u], float(target_U[u]))
+        except UnreachableTarget:
+            exists = False
+        assert exists == (u in (1, 2))
+    assert first_reachable(psi_NU, target_U, 2).tolist() == [1, 2]
+    assert first_reachable(psi_NU, target_U, 1).tolist() == [1]
+    with pytest.raises(UnreachableTarget, match="only 2 of 4 units.*larger pool"):
+        first_reachable(psi_NU, target_U, 3)
+    with pytest.raises(ValueError, match="one target per unit"):
+        first_reachable(psi_NU, target_U[:3], 1)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from klsc_lib.constraints.calibration import UnreachableTarget
 from klsc_lib.studies.feature_reference import feature_references
 from klsc_lib.explain import feature_units
 from klsc_lib.studies.nb04_energydps import draw_units
@@ -73,3 +74,23 @@ def test_a_subset_equals_the_references_computed_for_those_features_alone(refere
         torch.testing.assert_close(hist, refs.histograms(2)[factor])
     with pytest.raises(IndexError, match="outside the 3 features"):
         refs.subset([3])
+
+
+def test_keep_drops_a_feature_the_pool_cannot_reach_and_keeps_the_others_unchanged(references, monkeypatch):
+    cfg, world, _, refs = references
+    import klsc_lib.studies.feature_reference as fr
+
+    real = fr.topk_targets
+
+    def one_out_of_reach(*a, **k):  # the middle feature's level far above anything the pool draws
+        search, target_U = real(*a, **k)
+        return search, target_U * torch.tensor([1.0, 1e6, 1.0], dtype=target_U.dtype)
+
+    monkeypatch.setattr(fr, "topk_targets", one_out_of_reach)
+    kept = feature_references(world, cfg.recipe, refs.units_U, n_pool=N_POOL, batch_size=1024, progress=False,
+                              keep=2)
+    assert kept.units_U.tolist() == refs.units_U[[0, 2]].tolist()
+    for a, b in zip(kept.summary(), refs.subset([0, 2]).summary()):
+        assert a == pytest.approx(b, rel=1e-9)
+    with pytest.raises(UnreachableTarget, match="only 2 of 3"):
+        feature_references(world, cfg.recipe, refs.units_U, n_pool=N_POOL, batch_size=1024, progress=False, keep=3)

@@ -10,12 +10,13 @@ import pytest
 import torch
 
 from klsc_lib.analysis.explanation_metrics import Concepts
-from klsc_lib.explain import RunResult
+from klsc_lib.explain import RunResult, feature_units
 from klsc_lib.profiles import get_profile
 from klsc_lib.runtime import cache_dir
 from klsc_lib.samples_store import SamplesStore
 from klsc_lib import scale_check
 from klsc_lib.studies.reference_table import ReferenceTable
+from klsc_lib.studies.nb04_energydps import draw_units
 from klsc_lib.scale_check import CHOSEN, fill, resolved, run_scale_check, to_markdown, verdicts, write_report
 
 
@@ -128,6 +129,7 @@ def test_smoke_study_fills_selected_rows_then_every_row_and_a_rerun_samples_noth
     rows = {"q*", "truncation", "prior, reweighted", "TopK", CHOSEN, "unguided", "MACO", "EnergyDPS (capped)",
             "DiffExplainer", "EnergyDPS (twisted SMC)", "EnergyDPS (paper config)"}
     assert set(first["summary"]) == rows and first["pending"] == []
+    assert len(set(first["features"])) == 3 and len(first["target"]) == 3 and min(first["target"]) > 0
     assert set(first["paired_tv"]) == rows - {CHOSEN} and first["maco_halfwidth"] >= 0
     for real in ("q*", "truncation", "TopK"):  # rendered by the world's writer: no off-palette pixel
         assert first["summary"][real]["off_palette"][0] == 0.0
@@ -147,14 +149,15 @@ class _Stop(Exception):
     pass
 
 
-def test_the_transcoder_is_trained_at_the_profiles_threads_and_the_samplers_run_at_the_threads_asked_for(
+def test_the_transcoder_and_references_use_the_profiles_threads_and_the_samplers_the_threads_asked_for(
         smoke_world, tmp_path, monkeypatch):
-    """A run at --threads 1 on an empty cache must learn notebook 04's features (trained at the
-    profile's thread count: other threads round differently and learn other features)."""
+    """A run at --threads 1 on an empty cache must learn notebook 04's features and draw its
+    reference pools as ``make scale-check`` does: both at the profile's thread count (other
+    threads round differently, learn other features and reach other pool maxima)."""
     monkeypatch.setattr("klsc_lib.worlds.load_world", lambda *a, **k: smoke_world)
     profile = replace(get_profile("04_energydps", "smoke"), threads=2)
     monkeypatch.setattr(scale_check, "get_profile", lambda name, p: profile)
-    seen, real_units = {}, scale_check.feature_units
+    seen = {}
 
     def units(*a, **k):
         seen["transcoder"] = torch.get_num_threads()
@@ -162,10 +165,16 @@ def test_the_transcoder_is_trained_at_the_profiles_threads_and_the_samplers_run_
 
     def references(*a, **k):
         seen["references"] = torch.get_num_threads()
+        return real_references(*a, **k)
+
+    def rows(*a, **k):
+        seen["samplers"] = torch.get_num_threads()
         raise _Stop
 
+    real_units, real_references = scale_check.feature_units, scale_check.feature_references
     monkeypatch.setattr(scale_check, "feature_units", units)
     monkeypatch.setattr(scale_check, "feature_references", references)
+    monkeypatch.setattr(scale_check, "sampled_rows", rows)
     before = torch.get_num_threads()
     try:
         with pytest.raises(_Stop):
@@ -173,7 +182,30 @@ def test_the_transcoder_is_trained_at_the_profiles_threads_and_the_samplers_run_
                             smc="twisted SMC, independent", threads=1)
     finally:
         torch.set_num_threads(before)
-    assert seen == {"transcoder": 2, "references": 1}
+    assert seen == {"transcoder": 2, "references": 2, "samplers": 1}
+
+
+def test_a_feature_the_pool_cannot_reach_is_skipped_named_and_replaced_by_the_next_drawn(
+        smoke_world, tmp_path, monkeypatch):
+    import klsc_lib.studies.feature_reference as fr
+
+    monkeypatch.setattr("klsc_lib.worlds.load_world", lambda *a, **k: smoke_world)
+    real = fr.topk_targets
+
+    def second_out_of_reach(*a, **k):
+        search, target_U = real(*a, **k)
+        return search, target_U * torch.tensor([1.0, 1e6] + [1.0] * (len(target_U) - 2), dtype=target_U.dtype)
+
+    monkeypatch.setattr(fr, "topk_targets", second_out_of_reach)
+    r = run_scale_check("smoke", n_features=2, n_samples=2, notebook=None, out=tmp_path, chosen="tilt 2 lambda",
+                        smc="twisted SMC, independent", threads=1, rows=[])  # nothing sampled: the exact rows only
+    drawn = draw_units(feature_units(smoke_world, get_profile("04_energydps", "smoke").recipe), smoke_world, 3,
+                       torch.Generator().manual_seed(0))
+    assert r["features"] == drawn.units_U[[0, 2]].tolist()  # the third drawn takes the second's place
+    assert [k["feature"] for k in r["skipped"]] == [int(drawn.units_U[1])]
+    assert f"feature {int(drawn.units_U[1])} (t = " in (tmp_path / "SCALE_CHECK.md").read_text()
+    assert r["summary"]["TopK"]["psi_over_t"][0] == pytest.approx(
+        float((drawn.search.psi_UK[[0, 2], :2].mean(1) / drawn.target_U[[0, 2]]).mean()), rel=1e-5)
 
 
 def test_a_deadline_before_the_first_chunk_leaves_rows_pending_and_says_so(tmp_path):

@@ -10,7 +10,8 @@ Given scores psi_N of N draws x_i ~ p and a target t:
 - :func:`solve_truncation`: p_tau = p(. | psi >= tau) with E[psi | psi >= tau] = t
   (Def. 2.1, Lemma D.1, eq. 199); KL(p_tau || p) = -log S(tau) (eq. 46).
 - :func:`tilt_at`: the tilt with a given lambda; :func:`exact_reference` both laws at one
-  level, :func:`pool_references` for each of U units of one pool;
+  level, :func:`pool_references` for each of U units of one pool (:func:`first_reachable`
+  picks the units whose level the pool reaches);
   :func:`prior_sample_tilts`: samples of a learned prior reweighted like the reference.
 
 Run on draws from the world's own generator these are the exact target laws up to
@@ -166,6 +167,22 @@ def weighted_histogram(values_N: torch.Tensor, w_N: torch.Tensor, size: int) -> 
         raise ValueError(f"values must be integer ids in [0, {size})")
     return torch.bincount(values_N.long().cpu(), weights=w_N.to(torch.float64).cpu(), minlength=size)
 
+
+
+def first_reachable(psi_NU: torch.Tensor, target_U: torch.Tensor, n: int) -> torch.Tensor:
+    """Positions (in order) of the first ``n`` of U units whose level the pool reaches: t
+    below the unit's largest score (at or above it the tilt exists only as lambda -> inf).
+    Raises :class:`UnreachableTarget` when fewer than ``n`` are reachable."""
+    psi_NU, target_U = torch.as_tensor(psi_NU), torch.as_tensor(target_U).reshape(-1)
+    if psi_NU.ndim != 2 or psi_NU.shape[1] != len(target_U):
+        raise ValueError(f"need psi_NU (N, U) and one target per unit, got {tuple(psi_NU.shape)} and "
+                         f"{len(target_U)} targets")
+    ok_U = target_U.to(psi_NU.dtype) < psi_NU.max(dim=0).values
+    if int(ok_U.sum()) < n:
+        raise UnreachableTarget(f"the pool of {len(psi_NU)} draws reaches the level t of only {int(ok_U.sum())} "
+                                f"of {len(target_U)} units, fewer than the {n} asked for: draw a larger pool or "
+                                "more units")
+    return ok_U.nonzero().flatten()[:n]
 
 
 def pool_references(psi_NU: torch.Tensor, target_U: torch.Tensor) -> list[ExactReference]:

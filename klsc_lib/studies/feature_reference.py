@@ -13,7 +13,7 @@ from typing import Literal, Sequence
 import torch
 
 from klsc_lib.analysis.reference_metrics import factor_histograms
-from klsc_lib.constraints.exact_reference import ExactReference, Reweighting, pool_references
+from klsc_lib.constraints.exact_reference import ExactReference, Reweighting, first_reachable, pool_references
 from klsc_lib.explain import feature_units, topk_targets
 from klsc_lib.interfaces import World
 from klsc_lib.runtime import config_hash
@@ -72,11 +72,14 @@ class FeatureReferences:
 def feature_references(world: World, recipe: TranscoderRecipe,
                        units_U: Sequence[int] | torch.Tensor, n_pool: int = 100_000, batch_size: int = 2048,
                        k: int = 20, k_target: int = 4, seed: int = 0, device: torch.device | str = "cpu",
-                       progress: bool = True) -> FeatureReferences:
+                       progress: bool = True, keep: int | None = None) -> FeatureReferences:
     """Exact references of ``recipe``'s transcoder features ``units_U`` on a mini-world:
     targets from the first half of ``world.test`` as
     :func:`klsc_lib.studies.nb04_energydps.draw_units` sets them, a pool of ``n_pool``
-    training-writer draws, cached under a key of the world, transcoder, psi settings and units."""
+    training-writer draws, cached under a key of the world, transcoder, psi settings and units.
+    ``keep``: only the first ``keep`` features whose level the pool reaches
+    (:func:`~klsc_lib.constraints.exact_reference.first_reachable`); by default every
+    feature, and an unreachable level raises."""
     units = feature_units(world, recipe, seed=seed, device=device)
     units_U = units.check(units_U)
     half = len(world.test) // 2
@@ -87,4 +90,8 @@ def feature_references(world: World, recipe: TranscoderRecipe,
            "psi": {"reduction": units.reduction, "center_frac": units.center_frac, "alpha": units.alpha}}
     pool = score_pool(units.scores(units_U), key, n_pool, batch_size, device=device, progress=progress)
     target_U = target_U.cpu()
+    if keep is not None:
+        pos = first_reachable(pool.psi_NU, target_U, keep)
+        units_U, target_U = units_U[pos.to(units_U.device)], target_U[pos]
+        pool = ScoredPool(pool.psi_NU[:, pos], pool.latents)
     return FeatureReferences(units_U, target_U, pool, pool_references(pool.psi_NU, target_U))
