@@ -12,7 +12,8 @@ once rendered::
 ``<!--= SOURCE:PATH [OP OPERAND]... [~R%] -->`` names a number: ``SOURCE`` is a
 notebook's number (``04`` for ``figures/04_energydps``; ``seed1/04`` for another run of it in
 ``figures/seed1/04_energydps``), ``scale`` (notebook 04's table at a larger scale,
-``figures/scale/metrics.json``) or ``quality`` (the default world's ``quality.json``);
+``figures/scale/metrics.json``; ``scale/RUN`` another such run in ``figures/scale/RUN``) or
+``quality`` (the default world's ``quality.json``);
 ``PATH`` walks the JSON with dots (see :func:`resolve`); ``OP`` is one of ``* / + -``
 (spaces around it) with a number or another ``SOURCE:PATH`` as operand, evaluated left to
 right. The quoted number must equal the value to within half a unit of its last written
@@ -118,8 +119,8 @@ class Sources:
         if name == "quality":
             world = self("03")["metrics"]["world/config_hash"]["ours"]
             return self.root / "klsc_lib" / "worlds" / "miniworld" / "weights" / world / "quality.json"
-        if name == "scale":  # klsc_lib.scale_check
-            path = self.root / "figures" / "scale" / "metrics.json"
+        if name == "scale" or name.startswith("scale/"):  # klsc_lib.scale_check runs: figures/scale[/RUN]
+            path = self.root / "figures" / name / "metrics.json"
             if not path.is_file():
                 raise QuoteError(f"source 'scale': {path} not found (make scale-check writes it)")
             return path

@@ -54,6 +54,8 @@ def sources(tmp_path):
                                                     "claims": [{"id": "kid_lowest", "holds": False}]}))
     (tmp_path / "figures" / "scale").mkdir()  # notebook 04's table at a larger scale (studies.scale_check)
     (tmp_path / "figures" / "scale" / "metrics.json").write_text(json.dumps({"maco_halfwidth": 0.0213}))
+    (tmp_path / "figures" / "scale" / "half").mkdir()  # another scale-check run, in its own folder
+    (tmp_path / "figures" / "scale" / "half" / "metrics.json").write_text(json.dumps({"maco_halfwidth": 0.0311}))
     return Sources(tmp_path)
 
 
@@ -73,6 +75,7 @@ def sources(tmp_path):
     "in `0.5<!--= 04:neurons.n -->` code spans markers are examples, not quotes",
     "64<!--= 04:neurons.n --> here, 32<!--= seed1/04:neurons.n --> in the other run, where it fails<!--holds seed1/04:kid_lowest -->",
     "half-width 0.021<!--= scale:maco_halfwidth --> at scale",
+    "0.031<!--= scale/half:maco_halfwidth --> in the other run, 0.021<!--= scale:maco_halfwidth --> in the first",
 ])
 def test_quotes_that_agree_pass(sources, text):
     problems, n = check_text(text, sources, "t.md")
@@ -90,6 +93,7 @@ def test_quotes_that_agree_pass(sources, text):
     ("9 679<!--= 04:mib --> MiB", "9 679"),
     ("x25<!--= 04:table11.paper_config.s / 04:table11.fast.s ~10% -->", "25"),
     ("the claim holds<!--holds 04:energydps_best_concept -->", "'holds'"),
+    ("0.021<!--= scale/half:maco_halfwidth --> read from the other run", "0.021"),
 ])
 def test_a_drifted_number_or_verdict_fails(sources, text, says):
     problems, _ = check_text(text, sources, "t.md")
