@@ -78,6 +78,20 @@ def package_versions() -> dict[str, str]:
     return out
 
 
+def host() -> dict[str, Any]:
+    """The CPU, the instruction set torch's CPU kernels dispatch to and the torch threads:
+    at the same versions, seed and threads, another host may round differently (a
+    transcoder trained on the default world then learns other features), so a result
+    names where it ran."""
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
+        cpu = platform.processor() or platform.machine()
+    return {"cpu": cpu, "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "threads": torch.get_num_threads()}
+
+
 class Report:
     """Collects one notebook's outputs under ``out_dir`` (``figures/NN_name``)."""
 
@@ -129,6 +143,7 @@ class Report:
             "seed": self.seed,
             "device": self.device,
             "versions": package_versions(),
+            "host": host(),
             "wall_time_s": round(time.perf_counter() - self._start, 2),
             "figures": self.figures,
             "metrics": self.metrics,

@@ -44,6 +44,7 @@ from klsc_lib.explain import RunResult, explain, feature_units, run_energy_dps, 
 from klsc_lib.explain import store_config, stored_samples
 from klsc_lib.profiles import get_profile
 from klsc_lib.profiles.nb04_energydps import EnergyDPSProfile
+from klsc_lib.report import host
 from klsc_lib.runtime import atomic_path, atomic_write_text, resolve_device, seed_everything, world_key
 from klsc_lib.samples_store import SamplesStore
 from klsc_lib.studies.feature_reference import FeatureReferences, feature_references
@@ -197,7 +198,8 @@ def to_markdown(result: dict) -> str:
              f"(seed {r['seed']}, profile {r['profile']})", "",
              f"Chosen single-pass EnergyDPS (from notebook 04's development features): `{r['chosen']}`; "
              f"SMC variant: `{r['smc']}`. Wall time of this run: {r['wall_s'] / 60:.1f} min on {r['threads']} "
-             "torch thread(s) (another thread count rounds differently in the last bits).", ""]
+             "torch thread(s)" + (f" of {r['host']['cpu']} ({r['host']['torch_cpu_capability']})" if "host" in r else "")
+             + " (another thread count or host rounds differently in the last bits).", ""]
     if r.get("skipped"):
         lines += ["Skipped in draw order (the next drawn features take their places): "
                   + ", ".join(f"feature {k['feature']} (t = {k['target']:.3f})" for k in r["skipped"])
@@ -334,7 +336,7 @@ def run_scale_check(profile: str = "default", seed: int = 0, n_features: int = 1
     summary = table.summary(seed)
     paired = table.paired("tv_mean", CHOSEN, seed) if CHOSEN in samples else {}
     result = {"profile": profile, "seed": seed, "n_features": len(feats), "n_samples": n_samples, "chosen": chosen,
-              "smc": smc, "threads": threads, "wall_s": time.monotonic() - start, "pending": pending,
+              "smc": smc, "threads": threads, "host": host(), "wall_s": time.monotonic() - start, "pending": pending,
               "features": feats.tolist(), "target": [float(t) for t in target], "skipped": skipped,
               "summary": {m: {k: [float(x) for x in v] for k, v in s.items()} for m, s in summary.items()},
               "median_tv": table.median("tv_mean"), "s_per_sample": cost,

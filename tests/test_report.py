@@ -32,6 +32,8 @@ def test_metrics_json_round_trip(tmp_path):
     assert data["figures"] == ["line.png"]
     assert (tmp_path / "01_demo" / "line.png").read_bytes()[:4] == b"\x89PNG"
     assert data["versions"]["torch"].startswith("2.")
+    assert data["host"]["cpu"] and data["host"]["threads"] == torch.get_num_threads() >= 1
+    assert data["host"]["torch_cpu_capability"] in {"DEFAULT", "AVX2", "AVX512", "ZVECTOR", "VSX", "SVE256", "SVE128"}
     assert [c["holds"] for c in data["claims"]] == [True, False]
 
 

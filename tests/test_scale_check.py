@@ -136,6 +136,7 @@ def test_smoke_study_fills_selected_rows_then_every_row_and_a_rerun_samples_noth
     page = (tmp_path / "SCALE_CHECK.md").read_text()
     assert (tmp_path / "table3_exact.png").stat().st_size > 10_000
     assert "3 features x 2 samples" in page and all(f"| {r} |" in page for r in rows)
+    assert f"({first['host']['torch_cpu_capability']})" in page  # the host the numbers were computed on
     stored = {p: p.stat().st_mtime_ns for p in (cache_dir() / "samples").rglob("*") if p.is_file()}
     second = run_scale_check(**kw, minutes=0.0)  # every store full: no chunk starts, nothing pending
     assert second["pending"] == [] and second["summary"]["MACO"] == first["summary"]["MACO"]
