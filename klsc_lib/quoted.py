@@ -122,7 +122,7 @@ class Sources:
         if name == "scale" or name.startswith("scale/"):  # klsc_lib.scale_check runs: figures/scale[/RUN]
             path = self.root / "figures" / name / "metrics.json"
             if not path.is_file():
-                raise QuoteError(f"source 'scale': {path} not found (make scale-check writes it)")
+                raise QuoteError(f"source {name!r}: {path} not found (make scale-check writes it)")
             return path
         run, _, nb = name.rpartition("/")  # "seed1/04": figures/seed1/04_*, another run of notebook 04
         pattern = f"figures/{run + '/' if run else ''}{nb}_*/metrics.json"

@@ -297,8 +297,8 @@ def run_scale_check(profile: str = "default", seed: int = 0, n_features: int = 1
     feats, target = refs.units_U.cpu(), refs.target_U
     position = {u: i for i, u in enumerate(draw.units_U.tolist())}
     kept = [position[u] for u in feats.tolist()]
-    skipped = [{"feature": int(draw.units_U[i]), "target": float(draw.target_U[i])} for i in range(kept[-1])
-               if i not in kept]
+    skipped = [{"feature": int(draw.units_U[i]), "target": float(draw.target_U[i])}
+               for i in sorted(set(range(kept[-1])) - set(kept))]
     if threads:  # the samplers at the threads asked for
         torch.set_num_threads(threads)
     threads = torch.get_num_threads()
